@@ -1,0 +1,114 @@
+"""The two contracts every plugin implements: a recurrent cell (one time step) and a task.
+
+Shapes are batch-first throughout: ``x`` is ``(B, T, I)``; a cell sees one step ``x_t`` of shape ``(B, I)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+import torch
+from omegaconf import MISSING
+from torch import Tensor, nn
+
+State = Union[Tensor, tuple[Tensor, ...]]
+"""A cell's recurrent state: ``h`` of shape (B, H), or a tuple such as ``(h, c)`` for the LSTM family."""
+
+
+@dataclass
+class CellConfig:
+    """Schema of the ``cell`` config group. Plugins subclass it to add typed hyperparameters.
+
+    Every field except ``name`` is passed to the cell's constructor as a keyword argument.
+    """
+
+    name: str = MISSING
+
+
+@dataclass
+class TaskConfig:
+    """Schema of the ``task`` config group. Every field except ``name`` reaches the task's constructor.
+
+    ``dependency_length`` is the x-axis of every report: the lag, in time steps, that the model must bridge.
+    """
+
+    name: str = MISSING
+    dependency_length: int = 50
+    variant: str = ""
+
+
+class RecurrentCell(nn.Module):
+    """One time step of a recurrent network: ``(x_t, state) -> (h_t, new_state)``.
+
+    ``x_t`` is (B, input_size); ``h_t`` is (B, hidden_size), the output passed to the next layer and the readout.
+    Depth (stacking) and direction (bidirectional) are framework wrappers, never a cell's concern.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+
+    def init_state(
+        self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> State:
+        """Initial state; zeros of shape (B, H) unless the cell carries more (e.g. ``(h, c)``)."""
+        return torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def recurrent_weights(self) -> dict[str, Tensor]:
+        """The matrices applied to the previous hidden state, by name (diagnostics: spectral radius)."""
+        return {name: p for name, p in self.named_parameters() if name.startswith("weight_hh")}
+
+
+@dataclass
+class Batch:
+    """One batch of a task.
+
+    ``x``: (B, T, I) float inputs. ``y``: targets, (B, O) for a last-step readout, (B, T) class indices or
+    (B, T, O) for a per-step readout. ``mask``: optional (B, T) bool, the positions that are scored.
+    """
+
+    x: Tensor
+    y: Tensor
+    mask: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Task:
+    """A synthetic long-dependency task.
+
+    Subclasses set the sizes in ``__init__`` and implement :meth:`sample`, :meth:`loss`, :meth:`metrics` and
+    :meth:`baseline`. Data are generated on the fly, vectorised, from the ``torch.Generator`` passed in (never
+    the global RNG), so the same seed gives the same data in any process.
+    """
+
+    name: str = ""
+    input_size: int
+    output_size: int
+    readout: Literal["last", "sequence"] = "last"
+    dependency_length: int
+    sequence_length: int
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:  # pragma: no cover - abstract
+        """A fresh batch, generated on ``generator.device``."""
+        raise NotImplementedError
+
+    def loss(self, output: Tensor, batch: Batch) -> Tensor:  # pragma: no cover - abstract
+        """Scalar training loss of ``output`` (the model's readout) on ``batch``."""
+        raise NotImplementedError
+
+    def metrics(self, output: Tensor, batch: Batch) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        """Scalar tensors; must contain ``loss`` and ``accuracy`` (the headline metric, in [0, 1])."""
+        raise NotImplementedError
+
+    def baseline(self) -> dict[str, float]:  # pragma: no cover - abstract
+        """The analytic score of the best memoryless strategy: ``{"loss": ..., "accuracy": ...}``."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, object]:
+        """Facts logged with every run beside the config (e.g. the total sequence length)."""
+        return {"sequence_length": self.sequence_length, "dependency_length": self.dependency_length}

@@ -1,0 +1,82 @@
+"""SequenceModel: a cell encoder (loop or fused) plus a linear readout, sized from the task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnnbench.base import Task
+from rnnbench.errors import ConfigError
+from rnnbench.layers import FusedEncoder, LoopEncoder
+from rnnbench.registry import CellSpec
+
+
+class SequenceModel(nn.Module):
+    """``encoder`` then a linear head, read out at the last step or at every step (``task.readout``).
+
+    For a last-step readout of a bidirectional encoder the head sees the forward direction's output at the last
+    step and the backward direction's output at the first step: both have read the whole sequence.
+    """
+
+    def __init__(self, encoder: nn.Module, hidden_size: int, bidirectional: bool, output_size: int, readout: str):
+        super().__init__()
+        self.encoder = encoder
+        self.hidden_size, self.bidirectional, self.readout = hidden_size, bidirectional, readout
+        self.head = nn.Linear((2 if bidirectional else 1) * hidden_size, output_size)
+
+    def features(self, x: Tensor) -> Tensor:
+        out = self.encoder(x)  # (B, T, D*H)
+        if self.readout == "sequence":
+            return out
+        if self.bidirectional:
+            return torch.cat([out[:, -1, : self.hidden_size], out[:, 0, self.hidden_size :]], dim=-1)  # (B, 2H)
+        return out[:, -1]  # (B, H)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))  # (B, O) or (B, T, O)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def build_model(
+    spec: CellSpec,
+    cell_kwargs: dict[str, Any],
+    task: Task,
+    hidden_size: int,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    dropout: float = 0.0,
+    fused: bool = True,
+) -> SequenceModel:
+    """The model for ``spec`` on ``task``; torch's fused kernel when the spec declares one and ``fused``."""
+
+    def make_cell(input_size: int, hidden: int):
+        return spec.cell(input_size, hidden, **cell_kwargs)
+
+    loop = LoopEncoder(make_cell, task.input_size, hidden_size, num_layers, bidirectional, dropout)
+    encoder: nn.Module = FusedEncoder(spec.fused, loop, dropout) if (fused and spec.fused) else loop
+    return SequenceModel(encoder, hidden_size, bidirectional, task.output_size, task.readout)
+
+
+def hidden_size_for_budget(
+    spec: CellSpec, cell_kwargs: dict[str, Any], task: Task, budget: int, **model_kwargs: Any
+) -> int:
+    """The largest hidden size whose model has at most ``budget`` parameters (readout head included)."""
+
+    def size(hidden: int) -> int:
+        with torch.random.fork_rng(devices=[]):
+            return count_parameters(build_model(spec, cell_kwargs, task, hidden, fused=False, **model_kwargs))
+
+    if size(1) > budget:
+        raise ConfigError("model.param_budget", budget, f"at least {size(1)} for cell {spec.name!r} on this task")
+    lo, hi = 1, 2
+    while size(hi) <= budget:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # size(lo) <= budget < size(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if size(mid) <= budget else (lo, mid)
+    return lo

@@ -1,0 +1,249 @@
+"""Where runs are recorded: the Tracker protocol, MLflow's client behind it, and a no-op tracker for tests.
+
+MLflow is driven through ``MlflowClient`` with explicit run and experiment ids, never through the fluent
+API's process-global active run: jobs that share a worker process cannot leak a run into each other, and an
+experiment created by a racing job cannot land a run in the Default experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from rnnbench.errors import TrackingError
+
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+PARENT_RUN_ENV = "RNNBENCH_PARENT_RUN_ID"
+EXPERIMENT_ENV = "RNNBENCH_EXPERIMENT_ID"
+
+
+class Tracker(Protocol):
+    run_id: str | None
+
+    def start(self, run_name: str, params: dict[str, str], tags: dict[str, str], run_id: str | None = None) -> str:
+        """Create a run (or reopen ``run_id`` to resume it); returns its id."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Buffer metrics; non-finite values are dropped (they break the MLflow run page)."""
+
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def end(self, status: str) -> None:
+        """Flush and close the run with ``FINISHED``, ``FAILED`` or ``KILLED``."""
+
+    def find_runs(self, run_key: str) -> list[tuple[str, str]]:
+        """``(run_id, status)`` of earlier runs with this run key, newest first."""
+
+
+class NullTracker:
+    """Records nothing; keeps the last metrics for callers that want them."""
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.metrics: dict[str, list[tuple[int, float]]] = {}
+        self.tags: dict[str, str] = {}
+        self.status: str | None = None
+
+    def start(self, run_name: str, params: dict[str, str], tags: dict[str, str], run_id: str | None = None) -> str:
+        self.run_id = run_id or "local"
+        self.tags.update(tags)
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            if math.isfinite(value):
+                self.metrics.setdefault(key, []).append((step, float(value)))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.tags.update(tags)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def end(self, status: str) -> None:
+        self.status = status
+
+    def find_runs(self, run_key: str) -> list[tuple[str, str]]:
+        return []
+
+
+def default_tracking_uri(cwd: Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else MLflow's own default store: ``mlflow.db`` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
+
+
+def absolute_uri(uri: str, cwd: Path) -> str:
+    """Make a relative ``sqlite:///`` path absolute against ``cwd`` (before anything changes directory)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str((cwd / uri[len(prefix) :]).resolve())
+    if "://" not in uri:
+        raise TrackingError(
+            f"tracking.uri={uri!r} is not supported: use a sqlite:///path.db file, an http(s):// server, or "
+            "a database URI (MLflow's folder store is retired)"
+        )
+    return uri
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class MlflowTracker:
+    """Logs to an MLflow store; buffers step metrics and writes them in batches."""
+
+    def __init__(self, uri: str, experiment: str, fallback_dir: Path | None = None) -> None:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_name = experiment
+        self.experiment_id: str | None = None
+        self.run_id: str | None = None
+        self.fallback_dir = fallback_dir
+        self.unsent: Path | None = None
+        self._buffer: list[Any] = []
+
+    def connect(self) -> str:
+        """Check the store answers and find or create the experiment; fails fast with a readable message."""
+        if self.uri.startswith(("http://", "https://")):
+            _quick_http_check(self.uri)
+        try:
+            self.experiment_id = os.environ.get(EXPERIMENT_ENV) or ensure_experiment(self.client, self.experiment_name)
+        except TrackingError:
+            raise
+        except Exception as exc:
+            raise TrackingError(f"cannot open the tracking store {self.uri}: {type(exc).__name__}: {exc}") from exc
+        return self.experiment_id
+
+    def start(self, run_name: str, params: dict[str, str], tags: dict[str, str], run_id: str | None = None) -> str:
+        from mlflow.entities import Param, RunTag
+
+        if self.experiment_id is None:
+            self.connect()
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            self.run_id = run_id
+            self.set_tags(tags)
+            return run_id
+        parent = os.environ.get(PARENT_RUN_ENV)
+        all_tags = dict(tags, **({"mlflow.parentRunId": parent} if parent else {}))
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        self.run_id = run.info.run_id
+        params_list = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for chunk in _chunks(params_list, MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=chunk)
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v))
+        if len(self._buffer) >= MAX_METRICS_PER_BATCH:
+            self.flush()
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        tag_list = [RunTag(k, str(v)[:8000]) for k, v in tags.items()]
+        for chunk in _chunks(tag_list, MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=chunk)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.unsent is None:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def flush(self) -> None:
+        if not self._buffer or self.run_id is None:
+            return
+        pending, self._buffer = self._buffer, []
+        if self.unsent is None:
+            try:
+                for chunk in _chunks(pending, MAX_METRICS_PER_BATCH):
+                    self.client.log_batch(self.run_id, metrics=chunk)
+                return
+            except Exception as exc:  # the store went away mid-run: keep the results locally
+                self.unsent = (self.fallback_dir or Path.cwd()) / "unsent_metrics.jsonl"
+                _warn(
+                    f"tracking store {self.uri} failed ({type(exc).__name__}: {exc}); metrics of run {self.run_id} "
+                    f"are kept in {self.unsent}; upload them later with: rnnbench runs upload {self.unsent}"
+                )
+        with self.unsent.open("a") as fh:
+            for m in pending:
+                fh.write(json.dumps({"run_id": self.run_id, "key": m.key, "value": m.value,
+                                     "timestamp": m.timestamp, "step": m.step}) + "\n")
+
+    def end(self, status: str) -> None:
+        self.flush()
+        if self.run_id is not None and self.unsent is None:
+            try:
+                self.client.set_terminated(self.run_id, status)
+            except Exception as exc:
+                _warn(f"could not mark run {self.run_id} {status}: {exc}")
+
+    def find_runs(self, run_key: str) -> list[tuple[str, str]]:
+        if self.experiment_id is None:
+            self.connect()
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`rnnbench.run_key` = '{run_key}'", order_by=["attributes.start_time DESC"]
+        )
+        return [(r.info.run_id, r.info.status) for r in runs]
+
+
+def ensure_experiment(client: Any, name: str) -> str:
+    """The id of experiment ``name``, created if missing; safe when several processes race to create it."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"tracking.experiment={name!r} is deleted in {client.tracking_uri}; restore it "
+                f"(mlflow experiments restore) or choose another name"
+            )
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)  # another process created it first
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _quick_http_check(uri: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - user-configured server
+            response.read()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(
+            f"cannot reach the MLflow tracking server at {uri} ({reason}); start it, fix MLFLOW_TRACKING_URI / "
+            "tracking.uri, or run with tracking=none"
+        ) from exc
+
+
+def _warn(message: str) -> None:
+    import logging
+
+    logging.getLogger("rnnbench").warning(message)
