@@ -65,6 +65,8 @@ def _hydra_app():
             )
         except RnnbenchError as exc:
             if not multirun:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
                 _fail(str(exc))
             log.error("%s failed: %s", label, exc)
             _record_failure(f"{label}: {exc}")

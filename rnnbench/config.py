@@ -45,7 +45,7 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    steps: int = 2000
+    steps: int = 6000
     batch_size: int = 64
     device: str = "auto"
     grad_clip: Optional[float] = 1.0

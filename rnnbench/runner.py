@@ -23,7 +23,8 @@ import torch
 from omegaconf import OmegaConf
 
 from rnnbench.config import constructor_kwargs, validate
-from rnnbench.errors import ConfigError, PluginError, RnnbenchError
+from rnnbench.diagnostics import Diagnostics
+from rnnbench.errors import ConfigError, PluginError
 from rnnbench.manager import get_registry, rnnbench_version
 from rnnbench.model import build_model, count_parameters, hidden_size_for_budget
 from rnnbench.tracking import MlflowTracker, NullTracker, Tracker, absolute_uri, default_tracking_uri
@@ -223,9 +224,12 @@ def run_job(
         run_id, cell_spec.name, task_spec.name, task.dependency_length, task.sequence_length,
         count_parameters(model), params["model.path"], device,
     )
+    diagnostics = Diagnostics.from_config(cfg.diagnostics, model, task, device, output_dir)
     try:
         with signals_raise_interrupted():
-            result = train(cfg, model, task, tracker, device, checkpoint=checkpoint)
+            result = train(cfg, model, task, tracker, device, checkpoint=checkpoint, on_step=diagnostics)
+        if diagnostics is not None:
+            diagnostics.finish(tracker)
     except (KeyboardInterrupt, Interrupted):
         tracker.set_tags({"rnnbench.outcome": "interrupted"})
         tracker.end("KILLED")

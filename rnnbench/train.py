@@ -155,14 +155,15 @@ def train(
 ) -> RunResult:
     """Train ``model`` on ``task`` for ``cfg.trainer.steps`` steps (resuming from ``checkpoint`` if it exists).
 
-    ``on_step(step, model)`` is called after each evaluation (diagnostics); metrics it returns are logged.
+    ``on_step(step, model)`` is called after every optimiser step (diagnostics decide their own interval);
+    metrics it returns are logged at that step.
     """
     t = cfg.trainer
     model.to(device).train()
     optimizer = make_optimizer(cfg.optim, model.parameters())
     train_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "train"))
     baseline = task.baseline()
-    step, eval_index, last_eval, best_acc = 0, 0, {}, -1.0
+    step, eval_index, last_eval = 0, 0, {}
     history: dict[str, list[tuple[int, float]]] = {}
 
     if checkpoint is not None and checkpoint.exists():
@@ -242,6 +243,10 @@ def train(
             optimizer.step()
             losses.append(loss.detach())
             norms.append(norm.detach())
+            if on_step is not None:
+                extra = on_step(step, model)
+                if extra:
+                    tracker.log_metrics(extra, step)
 
             do_eval = step % t.eval_every == 0 or step == t.steps
             if step % t.log_every == 0 or do_eval or step % t.checkpoint_every == 0:
@@ -257,11 +262,6 @@ def train(
                 tracker.log_metrics({f"eval/{k}": v for k, v in last_eval.items()}, step)
                 for k, v in last_eval.items():
                     history.setdefault(f"eval/{k}", []).append((step, v))
-                if on_step is not None:
-                    extra = on_step(step, model)
-                    if extra:
-                        tracker.log_metrics(extra, step)
-                best_acc = max(best_acc, last_eval.get("accuracy", -1.0))
             if step % t.checkpoint_every == 0 or (do_eval and step == t.steps):
                 save_checkpoint()
             if do_eval and t.early_stop and last_eval.get("accuracy", 0.0) >= t.solved_threshold:
