@@ -25,6 +25,11 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "rnnbench.plugins.gru",
     "rnnbench.tasks.adding",
     "rnnbench.tasks.copy",
+    "rnnbench.tasks.variable_copy",
+    "rnnbench.tasks.selective_copy",
+    "rnnbench.tasks.temporal_order",
+    "rnnbench.tasks.associative_recall",
+    "rnnbench.tasks.parity",
 )
 
 
@@ -76,8 +81,9 @@ def get_plugin_manager(load_entrypoints: bool = True) -> tuple[pluggy.PluginMana
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
         raise PluginError(
-            f"plugin {exc.plugin_name!r} ({dists.get(exc.plugin_name, 'unknown distribution')}) has a hook "
+            f"plugin {name!r} ({dists.get(name, 'unknown distribution')}) has a hook "
             f"implementation that matches no rnnbench hook: {exc}. Known hooks: register_cells, register_tasks"
         ) from exc
     return pm, dists
@@ -87,7 +93,7 @@ def build_registry(pm: pluggy.PluginManager, dists: dict[str, str]) -> Registry:
     """Call every plugin's registration hooks, one plugin at a time, so errors name the plugin."""
     registry = Registry(distributions=dict(dists))
     for kind, hook in (("cell", pm.hook.register_cells), ("task", pm.hook.register_tasks)):
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # registration order: built-ins first
             provider = impl.plugin_name
 
             def register(spec: CellSpec | TaskSpec, _kind: str = kind, _provider: str = provider) -> None:
