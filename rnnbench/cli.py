@@ -74,6 +74,9 @@ def _hydra_app():
         except Interrupted as exc:
             log.error("%s interrupted by signal %d; checkpoint saved, run marked KILLED", label, exc.signum)
             sys.exit(128 + exc.signum)
+        except KeyboardInterrupt:
+            log.error("%s interrupted; checkpoint saved, run marked KILLED", label)
+            sys.exit(130)
         if result is None:
             print(f"rnnbench: {label}: already finished with this configuration; skipped", file=sys.stderr)
             return

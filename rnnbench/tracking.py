@@ -19,6 +19,8 @@ from rnnbench.errors import TrackingError
 
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
+HEARTBEAT_TAG = "rnnbench.heartbeat"
+HEARTBEAT_SECONDS = 30.0
 PARENT_RUN_ENV = "RNNBENCH_PARENT_RUN_ID"
 EXPERIMENT_ENV = "RNNBENCH_EXPERIMENT_ID"
 
@@ -37,6 +39,9 @@ class Tracker(Protocol):
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
 
     def flush(self) -> None: ...
+
+    def heartbeat(self) -> None:
+        """Show that the run is alive (called at every progress update)."""
 
     def end(self, status: str) -> None:
         """Flush and close the run with ``FINISHED``, ``FAILED`` or ``KILLED``."""
@@ -71,6 +76,9 @@ class NullTracker:
         pass
 
     def flush(self) -> None:
+        pass
+
+    def heartbeat(self) -> None:
         pass
 
     def end(self, status: str) -> None:
@@ -117,7 +125,8 @@ class MlflowTracker:
         self.run_id: str | None = None
         self.fallback_dir = fallback_dir
         self.unsent: Path | None = None
-        self._buffer: list[Any] = []
+        self._buffer: list[tuple[str, float, int, int]] = []
+        self._last_heartbeat = 0.0
 
     def connect(self) -> str:
         """Check the store answers and find or create the experiment; fails fast with a readable message."""
@@ -132,7 +141,7 @@ class MlflowTracker:
         return self.experiment_id
 
     def start(self, run_name: str, params: dict[str, str], tags: dict[str, str], run_id: str | None = None) -> str:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         if self.experiment_id is None:
             self.connect()
@@ -140,6 +149,7 @@ class MlflowTracker:
             self.client.update_run(run_id, status="RUNNING")
             self.run_id = run_id
             self.set_tags(tags)
+            self.heartbeat()
             return run_id
         parent = os.environ.get(PARENT_RUN_ENV)
         all_tags = dict(tags, **({"mlflow.parentRunId": parent} if parent else {}))
@@ -148,54 +158,56 @@ class MlflowTracker:
         params_list = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for chunk in _chunks(params_list, MAX_PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=chunk)
+        self.heartbeat()
         return self.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
+        """Buffer finite values; they reach the store at :meth:`flush` (the trainer flushes at checkpoints)."""
         now = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v))
-        if len(self._buffer) >= MAX_METRICS_PER_BATCH:
-            self.flush()
+        self._buffer.extend((k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        tag_list = [RunTag(k, str(v)[:8000]) for k, v in tags.items()]
-        for chunk in _chunks(tag_list, MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, tags=chunk)
+        self._write("tags", {k: str(v)[:8000] for k, v in tags.items()})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        if self.unsent is None:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._write("artifact", {"path": str(Path(path).resolve()), "artifact_path": artifact_path})
 
     def flush(self) -> None:
-        if not self._buffer or self.run_id is None:
-            return
-        pending, self._buffer = self._buffer, []
-        if self.unsent is None:
-            try:
-                for chunk in _chunks(pending, MAX_METRICS_PER_BATCH):
-                    self.client.log_batch(self.run_id, metrics=chunk)
-                return
-            except Exception as exc:  # the store went away mid-run: keep the results locally
-                self.unsent = (self.fallback_dir or Path.cwd()) / "unsent_metrics.jsonl"
-                _warn(
-                    f"tracking store {self.uri} failed ({type(exc).__name__}: {exc}); metrics of run {self.run_id} "
-                    f"are kept in {self.unsent}; upload them later with: rnnbench runs upload {self.unsent}"
-                )
-        with self.unsent.open("a") as fh:
-            for m in pending:
-                fh.write(json.dumps({"run_id": self.run_id, "key": m.key, "value": m.value,
-                                     "timestamp": m.timestamp, "step": m.step}) + "\n")
+        if self._buffer and self.run_id is not None:
+            pending, self._buffer = self._buffer, []
+            self._write("metrics", pending)
+
+    def heartbeat(self) -> None:
+        """Stamp ``rnnbench.heartbeat`` (at most every 30 s) so ``rnnbench runs reap`` can find dead runs."""
+        now = time.time()
+        if now - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            self._last_heartbeat = now
+            self.set_tags({HEARTBEAT_TAG: f"{now:.0f}"})
 
     def end(self, status: str) -> None:
         self.flush()
-        if self.run_id is not None and self.unsent is None:
+        self._write("terminate", status)
+        if self.unsent is not None:
+            _warn(
+                f"the tracking store {self.uri} could not be reached; run {self.run_id} is kept in {self.unsent}. "
+                f"Upload it when the store is back: rnnbench runs upload {self.unsent}"
+            )
+
+    def _write(self, op: str, payload: Any) -> None:
+        """Apply one write to the store; once the store has failed, journal it locally instead."""
+        if self.unsent is None:
             try:
-                self.client.set_terminated(self.run_id, status)
-            except Exception as exc:
-                _warn(f"could not mark run {self.run_id} {status}: {exc}")
+                apply_operation(self.client, self.run_id, op, payload)
+                return
+            except Exception as exc:  # the store went away mid-run: keep the results locally
+                self.unsent = (self.fallback_dir or Path.cwd()) / "unsent_tracking.jsonl"
+                _warn(
+                    f"tracking store {self.uri} failed ({type(exc).__name__}: {exc}); the rest of run {self.run_id} "
+                    f"is kept in {self.unsent}; upload it later with: rnnbench runs upload {self.unsent}"
+                )
+        self.unsent.parent.mkdir(parents=True, exist_ok=True)
+        with self.unsent.open("a") as fh:
+            fh.write(json.dumps({"uri": self.uri, "run_id": self.run_id, "op": op, "payload": payload}) + "\n")
 
     def find_runs(self, run_key: str) -> list[tuple[str, str]]:
         if self.experiment_id is None:
@@ -204,6 +216,25 @@ class MlflowTracker:
             [self.experiment_id], filter_string=f"tags.`rnnbench.run_key` = '{run_key}'", order_by=["attributes.start_time DESC"]
         )
         return [(r.info.run_id, r.info.status) for r in runs]
+
+
+def apply_operation(client: Any, run_id: str, op: str, payload: Any) -> None:
+    """One tracking write: ``metrics`` [(key, value, ms, step)], ``tags`` {k: v}, ``artifact``, ``terminate``."""
+    from mlflow.entities import Metric, RunTag
+
+    if op == "metrics":
+        metrics = [Metric(k, v, ts, step) for k, v, ts, step in payload]
+        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=chunk)
+    elif op == "tags":
+        for chunk in _chunks([RunTag(k, v) for k, v in payload.items()], MAX_PARAMS_PER_BATCH):
+            client.log_batch(run_id, tags=chunk)
+    elif op == "artifact":
+        client.log_artifact(run_id, payload["path"], payload["artifact_path"])
+    elif op == "terminate":
+        client.set_terminated(run_id, payload)
+    else:
+        raise ValueError(f"unknown tracking operation {op!r}")
 
 
 def ensure_experiment(client: Any, name: str) -> str:

@@ -2,7 +2,8 @@
 divergence detection and atomic checkpoints. Returns the run's final metrics and outcome.
 
 The hot loop never synchronises with the device: losses and gradient norms stay tensors until a flush every
-``trainer.log_every`` steps, where they are checked for finiteness and handed to the tracker in one batch.
+``trainer.log_every`` steps, where they are checked for finiteness and handed to the tracker's buffer. The
+buffer reaches the store at every checkpoint, so a run resumed after a crash never logs a step twice.
 """
 
 from __future__ import annotations
@@ -175,6 +176,9 @@ def train(
         log.info("resumed from %s at step %d", checkpoint, step)
 
     def save_checkpoint() -> None:
+        """Send buffered metrics to the store, then write the checkpoint: a resumed run recomputes, bit for
+        bit, exactly the steps whose metrics had not reached the store."""
+        tracker.flush()
         if checkpoint is not None:
             atomic_save(
                 {
@@ -221,7 +225,7 @@ def train(
         )
         first_pending += len(loss_values)
         losses, norms = [], []
-        tracker.flush()
+        tracker.heartbeat()
         return bad
 
     def last_eval_short() -> dict[str, float]:
