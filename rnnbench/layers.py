@@ -108,7 +108,7 @@ class FusedEncoder(nn.Module):
             dropout=dropout if loop.num_layers > 1 else 0.0,
             batch_first=True,
             **kwargs,
-        )
+        ).to(device=first.weight_ih.device, dtype=first.weight_ih.dtype)
         self.load_from(loop)
 
     def load_from(self, loop: LoopEncoder) -> None:

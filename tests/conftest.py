@@ -17,6 +17,14 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 RNNBENCH = str(Path(sys.executable).with_name("rnnbench"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """In-process tests use one thread: small tensors gain nothing from two, and CI's two cores are shared."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def registry():
     from rnnbench.manager import get_registry
