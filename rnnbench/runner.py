@@ -14,6 +14,7 @@ import random
 import signal
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -96,18 +97,23 @@ def _git_commit() -> str | None:
 
 
 @contextmanager
-def signals_raise_interrupted():
-    """While training, SIGTERM (a cluster's time limit) and SIGUSR2 raise :class:`Interrupted` in this thread."""
+def stop_on_signals() -> Iterator[Callable[[], int | None]]:
+    """While training, SIGINT (Ctrl-C), SIGTERM (a cluster's time limit) and SIGUSR2 request a stop.
+
+    Yields the poll function the training loop checks between steps, so a run is always checkpointed at a
+    step boundary, never in the middle of an optimiser update.
+    """
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda: None
         return
 
     def handler(signum, frame):  # noqa: ARG001
-        raise Interrupted(signum)
+        received.append(signum)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGUSR2)}
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
     try:
-        yield
+        yield lambda: received[0] if received else None
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
@@ -226,8 +232,8 @@ def run_job(
     )
     diagnostics = Diagnostics.from_config(cfg.diagnostics, model, task, device, output_dir)
     try:
-        with signals_raise_interrupted():
-            result = train(cfg, model, task, tracker, device, checkpoint=checkpoint, on_step=diagnostics)
+        with stop_on_signals() as stop_requested:
+            result = train(cfg, model, task, tracker, device, checkpoint, diagnostics, stop_requested)
         if diagnostics is not None:
             diagnostics.finish(tracker)
     except (KeyboardInterrupt, Interrupted):

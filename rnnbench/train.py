@@ -153,11 +153,13 @@ def train(
     device: torch.device,
     checkpoint: Path | None = None,
     on_step: Callable[[int, nn.Module], dict[str, float] | None] | None = None,
+    stop_requested: Callable[[], int | None] | None = None,
 ) -> RunResult:
     """Train ``model`` on ``task`` for ``cfg.trainer.steps`` steps (resuming from ``checkpoint`` if it exists).
 
     ``on_step(step, model)`` is called after every optimiser step (diagnostics decide their own interval);
-    metrics it returns are logged at that step.
+    metrics it returns are logged at that step. ``stop_requested()`` is polled between steps; a signal number
+    makes the run checkpoint at that step boundary and raise :class:`Interrupted`.
     """
     t = cfg.trainer
     model.to(device).train()
@@ -233,6 +235,9 @@ def train(
 
     try:
         while step < t.steps:
+            signum = stop_requested() if stop_requested is not None else None
+            if signum is not None:
+                raise Interrupted(signum)
             step += 1
             batch = task.sample(t.batch_size, train_gen)
             loss = task.loss(model(batch.x), batch)
