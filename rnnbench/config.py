@@ -6,7 +6,7 @@ Cells and tasks contribute their own dataclass schemas through their specs, so a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from omegaconf import MISSING
@@ -157,7 +157,3 @@ def validate(cfg: Any) -> None:
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"optim.{key}", value, "a non-negative number")
     _choice("tracking.backend", cfg.tracking.backend, TRACKING_BACKENDS)
-
-
-def schema_fields(cls: type) -> list[str]:
-    return [f.name for f in fields(cls)]

@@ -49,9 +49,12 @@ training step, colour = ``log10 ||g_t||``), ``gradient_latest.png`` (``||g_t||``
 measurement, log scale, earlier measurements faded) and ``gradient_flow.json``, the raw numbers (format in
 :func:`gradient_flow_figure`), which :func:`load_run_arrays` reads back from a run.
 
-The side-by-side figure of several runs (e.g. a sweep made with ``rnnbench -m experiment=gradient_flow``)::
+The side-by-side figure of several runs (:func:`gradient_flow_figure`), e.g. ``docs/gradient_flow.png``::
 
-    python -m rnnbench.diagnostics figure --tracking-uri sqlite:///mlflow.db -o gradient_flow.png
+    rnnbench -m experiment=gradient_flow cell=rnn_tanh,lstm,gru task.dependency_length=50,100 \
+        tracking.uri=sqlite:///gradient_flow.db
+    python -m rnnbench.diagnostics figure --tracking-uri sqlite:///gradient_flow.db --cells rnn_tanh lstm gru \
+        -o docs/gradient_flow.png
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ import copy
 import json
 import logging
 import math
+import os
 import re
 import tempfile
 import time
@@ -756,6 +760,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rnnbench.diagnostics figure``: the side-by-side figure of the runs in a tracking store."""
     from rnnbench.tracking import absolute_uri, default_tracking_uri
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     parser = argparse.ArgumentParser(prog="python -m rnnbench.diagnostics")
     sub = parser.add_subparsers(dest="command", required=True)
     fig = sub.add_parser("figure", help="gradient-through-time curves of several runs, one panel per cell")
