@@ -68,8 +68,10 @@ class RecurrentCell(nn.Module):
 class Batch:
     """One batch of a task.
 
-    ``x``: (B, T, I) float inputs. ``y``: targets, (B, O) for a last-step readout, (B, T) class indices or
-    (B, T, O) for a per-step readout. ``mask``: optional (B, T) bool, the positions that are scored.
+    ``x``: (B, T, I) float inputs. ``y``: targets: for a last-step readout (B, O) values or (B,) class indices;
+    for a per-step readout (B, T) class indices or (B, T, O). ``mask``: optional (B, T) bool, the positions
+    that are scored. A task whose length varies draws one length per batch, between the
+    ``min_sequence_length`` of its :meth:`Task.describe` and its ``sequence_length``.
     """
 
     x: Tensor

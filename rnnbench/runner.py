@@ -197,9 +197,9 @@ def run_job(
             "model.resolved_hidden_size": str(hidden),
             "model.num_parameters": str(count_parameters(model)),
             "model.path": "fused" if cfg.model.fused and cell_spec.fused else "loop",
-            "task.sequence_length": str(task.sequence_length),
         }
     )
+    params.update({f"task.{k}": str(v) for k, v in task.describe().items() if f"task.{k}" not in params})
     commit = _git_commit()
     tags.update(
         {

@@ -313,17 +313,21 @@ def _check_task(task: Task | TaskSpec, batch_size: int, name: str | None, task_k
     batch = sample(0, 0)
     check.that(isinstance(batch, Batch), f"sample returned {type(batch).__name__}; expected rnnbench.Batch")
     x, y = batch.x, batch.y
-    check.that(isinstance(x, Tensor) and tuple(x.shape) == (B, T, I),
-               f"sample x has shape {_describe(x)}; expected (B, sequence_length, input_size) = {(B, T, I)}")
+    # A task whose length varies per batch (e.g. adding, hochreiter1997) describes its min_sequence_length.
+    shortest = int(task.describe().get("min_sequence_length", T))
+    L = x.shape[1] if isinstance(x, Tensor) and x.dim() == 3 else -1
+    check.that(isinstance(x, Tensor) and x.dim() == 3 and (x.shape[0], x.shape[2]) == (B, I) and shortest <= L <= T,
+               f"sample x has shape {_describe(x)}; expected (B, length, input_size) = {(B, T, I)} with length in "
+               f"[min_sequence_length, sequence_length] = [{shortest}, {T}]")
     check.that(x.is_floating_point(), f"sample x has dtype {x.dtype}; expected a float dtype")
     check.that(isinstance(y, Tensor) and y.dim() >= 1 and y.shape[0] == B,
                f"sample y is {_describe(y)}; the first dimension must be the batch ({B})")
     if task.readout == "sequence":
-        check.that(y.dim() >= 2 and y.shape[1] == T, f"readout 'sequence' but y has shape {tuple(y.shape)}; "
-                   f"expected (B, T) class indices or (B, T, O) with T = {T}")
+        check.that(y.dim() >= 2 and y.shape[1] == L, f"readout 'sequence' but y has shape {tuple(y.shape)}; "
+                   f"expected (B, T) class indices or (B, T, O) with T = {L}, the length of x")
     if batch.mask is not None:
-        check.that(batch.mask.dtype == torch.bool and tuple(batch.mask.shape) == (B, T),
-                   f"mask is {batch.mask.dtype} {tuple(batch.mask.shape)}; expected bool {(B, T)}")
+        check.that(batch.mask.dtype == torch.bool and tuple(batch.mask.shape) == (B, L),
+                   f"mask is {batch.mask.dtype} {tuple(batch.mask.shape)}; expected bool {(B, L)}")
 
     again = sample(0, 12345)
     for field_name in ("x", "y", "mask"):
@@ -338,7 +342,7 @@ def _check_task(task: Task | TaskSpec, batch_size: int, name: str | None, task_k
     check.that(not (torch.equal(batch.x, other.x) and torch.equal(batch.y, other.y)),
                "generators seeded 0 and 1 gave the same batch")
 
-    shape = (B, O) if task.readout == "last" else (B, T, O)
+    shape = (B, O) if task.readout == "last" else (B, L, O)
     output = torch.randn(shape, generator=torch.Generator().manual_seed(2), requires_grad=True)
     loss = task.loss(output, batch)
     check.that(isinstance(loss, Tensor) and loss.dim() == 0, f"loss on an output of shape {shape} is "

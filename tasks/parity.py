@@ -1,0 +1,89 @@
+"""Parity of a bit string (Delétang et al. 2023, neural_networks_chomsky_hierarchy)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from rnnbench import Batch, Task, TaskConfig, TaskSpec, hookimpl
+from rnnbench.registry import RegisterTask
+from rnnbench.tasks._common import check_choice, check_int
+
+VARIANTS = ("final", "running")
+
+
+@dataclass
+class ParityConfig(TaskConfig):
+    dependency_length: int = 50
+    variant: str = "final"
+
+
+class ParityTask(Task):
+    r"""Bits ~ U{0, 1}, one-hot; predict the parity of their sum (1 when the number of ones is odd).
+
+    ``final`` (deepmind neural_networks_chomsky_hierarchy ``parity_check``; zoology ``circuits``): one class
+    for the whole string, read out at the last step. Baseline: CE = ln 2, accuracy 1/2.
+
+    ``running``: at every step t, the parity of the first t bits, read out at every step. Baseline: step 1 is
+    the bit itself, every later parity is a coin flip independent of the current bit: CE = (T - 1) ln 2 / T,
+    accuracy (T + 1) / (2T).
+
+    ``dependency_length`` is T, the number of bits: the final parity depends on a bit T - 1 steps back.
+    """
+
+    input_size = 2
+    output_size = 2
+
+    def __init__(self, dependency_length: int = 50, variant: str = "final") -> None:
+        check_choice("task.variant", variant, VARIANTS)
+        self.dependency_length = self.sequence_length = check_int("task.dependency_length", dependency_length, 2)
+        self.variant = variant
+        self.readout = "last" if variant == "final" else "sequence"
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        bits = torch.randint(0, 2, (batch_size, self.dependency_length), generator=generator, device=generator.device)
+        running = bits.cumsum(dim=1) % 2  # (B, T)
+        y = running[:, -1] if self.variant == "final" else running
+        return Batch(x=F.one_hot(bits, 2).float(), y=y)
+
+    def loss(self, output: Tensor, batch: Batch) -> Tensor:
+        if self.variant == "final":
+            return F.cross_entropy(output, batch.y)
+        return F.cross_entropy(output.flatten(0, 1), batch.y.flatten())
+
+    def metrics(self, output: Tensor, batch: Batch) -> dict[str, Tensor]:
+        correct = output.argmax(-1) == batch.y
+        out = {"loss": self.loss(output, batch), "accuracy": correct.float().mean()}
+        if self.variant == "running":
+            out["exact"] = correct.all(dim=1).float().mean()
+        return out
+
+    def baseline(self) -> dict[str, float]:
+        if self.variant == "final":
+            return {"loss": math.log(2), "accuracy": 0.5}
+        T = self.dependency_length
+        return {"loss": (T - 1) * math.log(2) / T, "accuracy": (T + 1) / (2 * T)}
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "sequence_length": self.sequence_length,
+            "dependency_length": self.dependency_length,
+            "variant": self.variant,
+        }
+
+
+@hookimpl
+def register_tasks(register: RegisterTask) -> None:
+    register(
+        TaskSpec(
+            name="parity",
+            task=ParityTask,
+            config=ParityConfig,
+            description="parity of a bit string, at the end (final) or at every step (running)",
+            source="Delétang et al. 2023 (neural_networks_chomsky_hierarchy)",
+        )
+    )
