@@ -60,7 +60,7 @@ def _hydra_app():
 
         label = f"job {hc.job.num} ({' '.join(hc.overrides.task)})" if multirun else "run"
         try:
-            result = run_job(
+            results = run_job(
                 cfg, Path(hc.runtime.output_dir), Path(hc.runtime.cwd), n_jobs, list(hc.overrides.task)
             )
         except RnnbenchError as exc:
@@ -77,16 +77,16 @@ def _hydra_app():
         except KeyboardInterrupt:
             log.error("%s interrupted; checkpoint saved, run marked KILLED", label)
             sys.exit(130)
-        if result is None:
+        if not results:
             print(f"rnnbench: {label}: already finished with this configuration; skipped", file=sys.stderr)
-            return
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if not k.startswith("time/"))
-        base = ", ".join(f"{k}={v:.4g}" for k, v in result.baseline.items())
-        print(
-            f"rnnbench: {cfg.cell.name} on {cfg.task.name} (dependency length {cfg.task.dependency_length}): "
-            f"{result.outcome} at step {result.step}; {metrics}; memoryless baseline {base}",
-            flush=True,
-        )
+        for result in results:
+            metrics = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if not k.startswith("time/"))
+            base = ", ".join(f"{k}={v:.4g}" for k, v in result.baseline.items())
+            print(
+                f"rnnbench: {cfg.cell.name} on {cfg.task.name} (dependency length {cfg.task.dependency_length}, "
+                f"seed {result.seed}): {result.outcome} at step {result.step}; {metrics}; memoryless baseline {base}",
+                flush=True,
+            )
 
     return app
 

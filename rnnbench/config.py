@@ -69,6 +69,8 @@ class TrainerConfig:
     threads: Optional[int] = None
     """torch threads; null: the machine's cores divided by the number of jobs running side by side."""
     progress: str = "auto"
+    seeds: int = 1
+    """Train runs for seeds seed .. seed + seeds - 1 side by side as one batched model (one MLflow run each)."""
 
 
 @dataclass
@@ -136,7 +138,7 @@ def validate(cfg: Any) -> None:
     _positive("model.num_layers", m.num_layers)
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError("model.dropout", m.dropout, "a number in [0, 1)")
-    for key in ("steps", "batch_size", "eval_every", "eval_batches", "log_every", "checkpoint_every"):
+    for key in ("steps", "batch_size", "eval_every", "eval_batches", "log_every", "checkpoint_every", "seeds"):
         _positive(f"trainer.{key}", getattr(t, key))
     _choice("trainer.device", t.device, DEVICES)
     _choice("trainer.clip_mode", t.clip_mode, CLIP_MODES)

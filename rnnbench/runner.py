@@ -35,7 +35,7 @@ log = logging.getLogger("rnnbench")
 
 # Keys that do not change what a run computes: excluded from the run key that identifies a run for resume/skip.
 _VOLATILE = ("tracking", "trainer.progress", "trainer.checkpoint_dir", "trainer.resume", "trainer.threads",
-             "trainer.log_every")
+             "trainer.log_every", "trainer.seeds")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,13 +150,17 @@ def run_job(
     n_parallel: int = 1,
     overrides: list[str] | None = None,
     tracker: Tracker | None = None,
-) -> RunResult | None:
-    """Run one configured job; returns None when an identical finished run already exists (resume=true)."""
+) -> list[RunResult]:
+    """Run one configured job: one run, or ``trainer.seeds`` runs trained side by side as one batched model.
+
+    Returns the results of the runs trained; a run whose identical configuration already finished is skipped
+    (``trainer.resume=true``), so a fully finished job returns an empty list.
+    """
     validate(cfg)
     registry = get_registry()
     cell_spec, task_spec = registry.cell(cfg.cell.name), registry.task(cfg.task.name)
     device = resolve_device(cfg.trainer.device)
-    tags = configure_process(cfg, device, n_parallel)
+    process_tags = configure_process(cfg, device, n_parallel)
 
     task = task_spec.task(**constructor_kwargs(cfg.task))
     cell_kwargs = constructor_kwargs(cfg.cell)
@@ -166,86 +170,145 @@ def run_job(
     hidden = cfg.model.hidden_size
     if cfg.model.param_budget is not None:
         hidden = hidden_size_for_budget(cell_spec, cell_kwargs, task, cfg.model.param_budget, **model_kwargs)
-    torch.manual_seed(cfg.seed)  # the model's initial weights depend on the seed only
-    model = build_model(cell_spec, cell_kwargs, task, hidden, fused=cfg.model.fused, **model_kwargs).to(device)
-    check_contract(model, task, registry.provenance("cell", cell_spec.name), cell_spec.name, device)
+    seeds = [cfg.seed + k for k in range(cfg.trainer.seeds)]
+    models = [_seeded_model(cell_spec, cell_kwargs, task, hidden, cfg.model.fused, seed, model_kwargs, device)
+              for seed in seeds]
+    check_contract(models[0], task, registry.provenance("cell", cell_spec.name), cell_spec.name, device)
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    key = run_key(resolved)
-    tracker = tracker or make_tracker(cfg, original_cwd, output_dir)
-    ckpt_dir = Path(cfg.trainer.checkpoint_dir)
-    checkpoint = (ckpt_dir if ckpt_dir.is_absolute() else original_cwd / ckpt_dir) / f"{key}.pt"
-
-    resume_id: str | None = None
-    if cfg.trainer.resume:
-        earlier = tracker.find_runs(key)
-        finished = [rid for rid, status in earlier if status == "FINISHED"]
-        if finished:
-            log.info("skipped: run %s already finished this configuration (run key %s)", finished[0], key)
-            return None
-        if checkpoint.exists():
-            saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("run_id")
-            resume_id = saved if any(rid == saved for rid, _ in earlier) else None
-    elif checkpoint.exists():
-        checkpoint.unlink()
-    if resume_id is None and checkpoint.exists() and not isinstance(tracker, NullTracker):
-        checkpoint.unlink()  # a checkpoint whose run is gone: start afresh rather than mix two runs
-
-    params = flatten(resolved)
-    params.update(
-        {
-            "model.resolved_hidden_size": str(hidden),
-            "model.num_parameters": str(count_parameters(model)),
-            "model.path": "fused" if cfg.model.fused and cell_spec.fused else "loop",
-        }
-    )
-    params.update({f"task.{k}": str(v) for k, v in task.describe().items() if f"task.{k}" not in params})
-    commit = _git_commit()
-    tags.update(
-        {
+    common_tags = dict(
+        process_tags,
+        **{
             "rnnbench.cell": cell_spec.name,
             "rnnbench.task": task_spec.name,
             "rnnbench.cell.plugin": registry.provenance("cell", cell_spec.name),
             "rnnbench.task.plugin": registry.provenance("task", task_spec.name),
-            "rnnbench.run_key": key,
             "rnnbench.version": rnnbench_version(),
             "rnnbench.torch": torch.__version__,
             "rnnbench.overrides": " ".join(overrides or []),
             "rnnbench.output_dir": str(output_dir),
-            "rnnbench.checkpoint": str(checkpoint),
-            **({"rnnbench.git_commit": commit} if commit else {}),
-        }
+        },
     )
-    run_name = f"{cell_spec.name}-{task_spec.name}-T{task.dependency_length}-s{cfg.seed}"
-    run_id = tracker.start(run_name, params, tags, run_id=resume_id)
-    baseline = task.baseline()
-    if resume_id is None:
-        tracker.log_metrics({f"baseline/{k}": v for k, v in baseline.items()}, 0)
-        config_file = output_dir / "config.yaml"
-        output_dir.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(OmegaConf.to_yaml(resolved))
-        tracker.log_artifact(config_file)
-    log.info(
-        "run %s: %s on %s (T=%d, length %d), %d parameters, %s path, device %s",
-        run_id, cell_spec.name, task_spec.name, task.dependency_length, task.sequence_length,
-        count_parameters(model), params["model.path"], device,
-    )
-    diagnostics = Diagnostics.from_config(cfg.diagnostics, model, task, device, output_dir)
+    commit = _git_commit()
+    if commit:
+        common_tags["rnnbench.git_commit"] = commit
+    runs: list[_Run] = []
+    for seed, model in zip(seeds, models):
+        member_cfg = cfg.copy()
+        member_cfg.seed = seed
+        run = _Run.prepare(member_cfg, model, task, tracker if len(seeds) == 1 else None, original_cwd, output_dir)
+        if run is not None:
+            runs.append(run)
+    if not runs:
+        return []
+    path = "fused" if cfg.model.fused and cell_spec.fused else "loop"
+    if len(runs) > 1:
+        from rnnbench.seed_parallel import choose_path
+
+        path = f"seed_parallel:{choose_path(cell_spec, runs[0].model)}"
+        common_tags.update({"rnnbench.seed_parallel": str(len(runs)), "rnnbench.seed_parallel.group": runs[0].key})
+    for index, run in enumerate(runs):
+        params = dict(run.params, **{
+            "model.resolved_hidden_size": str(hidden),
+            "model.num_parameters": str(count_parameters(run.model)),
+            "model.path": path,
+        })
+        tags = dict(common_tags, **{"rnnbench.run_key": run.key})
+        if len(runs) == 1:
+            tags["rnnbench.checkpoint"] = str(run.checkpoint)
+        else:
+            tags["rnnbench.seed_parallel.index"] = str(index)
+        seed = run.cfg.seed
+        config_dir = output_dir if len(runs) == 1 else output_dir / f"seed_{seed}"
+        run.open(f"{cell_spec.name}-{task_spec.name}-T{task.dependency_length}-s{seed}", params, tags, config_dir)
+        log.info(
+            "run %s: %s on %s (T=%d, length %d), %d parameters, %s path, device %s, seed %d",
+            run.tracker.run_id, cell_spec.name, task_spec.name, task.dependency_length, task.sequence_length,
+            count_parameters(run.model), path, device, seed,
+        )
+
+    diagnostics = None
+    if len(runs) == 1:
+        diagnostics = Diagnostics.from_config(cfg.diagnostics, runs[0].model, task, device, output_dir)
+    elif cfg.diagnostics is not None and cfg.diagnostics.get("enabled", False):
+        log.warning("diagnostics are not measured for seed-parallel runs (trainer.seeds > 1)")
     try:
         with stop_on_signals() as stop_requested:
-            result = train(cfg, model, task, tracker, device, checkpoint, diagnostics, stop_requested)
+            if len(runs) == 1:
+                run = runs[0]
+                results = [train(run.cfg, run.model, task, run.tracker, device, run.checkpoint, diagnostics,
+                                 stop_requested)]
+            else:
+                from rnnbench.seed_parallel import train_seeds
+
+                results = train_seeds(
+                    cfg, cell_spec, cell_kwargs, task, [r.cfg.seed for r in runs], [r.tracker for r in runs],
+                    device, hidden, models=[r.model for r in runs], stop_requested=stop_requested, **model_kwargs
+                )
         if diagnostics is not None:
-            diagnostics.finish(tracker)
+            diagnostics.finish(runs[0].tracker)
     except (KeyboardInterrupt, Interrupted):
-        tracker.set_tags({"rnnbench.outcome": "interrupted"})
-        tracker.end("KILLED")
+        for run in runs:
+            run.tracker.set_tags({"rnnbench.outcome": "interrupted"})
+            run.tracker.end("KILLED")
         raise
     except BaseException:
-        tracker.end("FAILED")
+        for run in runs:
+            run.tracker.end("FAILED")
         raise
-    final_tags = {"rnnbench.outcome": result.outcome}
-    if result.diverged_step is not None:
-        final_tags["rnnbench.diverged_step"] = str(result.diverged_step)
-    tracker.set_tags(final_tags)
-    tracker.end("FINISHED")
-    return result
+    for run, result in zip(runs, results):
+        result.seed = run.cfg.seed
+        final_tags = {"rnnbench.outcome": result.outcome}
+        if result.diverged_step is not None:
+            final_tags["rnnbench.diverged_step"] = str(result.diverged_step)
+        run.tracker.set_tags(final_tags)
+        run.tracker.end("FINISHED")
+    return results
+
+
+def _seeded_model(spec, cell_kwargs, task, hidden, fused, seed, model_kwargs, device) -> torch.nn.Module:
+    torch.manual_seed(seed)  # a model's initial weights depend on its seed only
+    return build_model(spec, cell_kwargs, task, hidden, fused=fused, **model_kwargs).to(device)
+
+
+class _Run:
+    """One tracked run: its config, run key, checkpoint, tracker, and whether it resumes an earlier run."""
+
+    def __init__(self, cfg: Any, model: torch.nn.Module, task: Any, key: str, resolved: dict, tracker: Tracker,
+                 checkpoint: Path, resume_id: str | None) -> None:
+        self.cfg, self.model, self.task, self.key, self.resolved = cfg, model, task, key, resolved
+        self.tracker, self.checkpoint, self.resume_id = tracker, checkpoint, resume_id
+        self.params = flatten(resolved)
+        self.params.update({f"task.{k}": str(v) for k, v in task.describe().items()
+                            if f"task.{k}" not in self.params})
+
+    @classmethod
+    def prepare(cls, cfg: Any, model: torch.nn.Module, task: Any, tracker: Tracker | None, original_cwd: Path,
+                output_dir: Path) -> _Run | None:
+        """Find what to do with this run: None when it already finished, else a new or resumed run."""
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        key = run_key(resolved)
+        tracker = tracker or make_tracker(cfg, original_cwd, output_dir)
+        ckpt_dir = Path(cfg.trainer.checkpoint_dir)
+        checkpoint = (ckpt_dir if ckpt_dir.is_absolute() else original_cwd / ckpt_dir) / f"{key}.pt"
+        resume_id: str | None = None
+        if cfg.trainer.resume:
+            earlier = tracker.find_runs(key)
+            finished = [rid for rid, status in earlier if status == "FINISHED"]
+            if finished:
+                log.info("skipped: run %s already finished this configuration (run key %s)", finished[0], key)
+                return None
+            if checkpoint.exists():
+                saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("run_id")
+                resume_id = saved if any(rid == saved for rid, _ in earlier) else None
+        if checkpoint.exists() and (not cfg.trainer.resume or (resume_id is None and not isinstance(tracker, NullTracker))):
+            checkpoint.unlink()  # a checkpoint whose run is gone: start afresh rather than mix two runs
+        return cls(cfg, model, task, key, resolved, tracker, checkpoint, resume_id)
+
+    def open(self, run_name: str, params: dict[str, str], tags: dict[str, str], config_dir: Path) -> None:
+        self.tracker.start(run_name, params, tags, run_id=self.resume_id)
+        if self.resume_id is None:
+            self.tracker.log_metrics({f"baseline/{k}": v for k, v in self.task.baseline().items()}, 0)
+            config_dir.mkdir(parents=True, exist_ok=True)
+            config_file = config_dir / "config.yaml"
+            config_file.write_text(OmegaConf.to_yaml(self.resolved))
+            self.tracker.log_artifact(config_file)

@@ -58,6 +58,7 @@ class RunResult:
     baseline: dict[str, float]
     diverged_step: int | None = None
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    seed: int | None = None
 
 
 class Interrupted(Exception):

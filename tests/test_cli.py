@@ -134,3 +134,19 @@ def test_full_error_shows_traceback_when_asked(cli):
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "ConfigError" in proc.stderr
     assert "trainer.steps=0" in proc.stderr
+
+
+@pytest.mark.slow
+def test_seed_parallel_logs_one_run_per_seed_close_to_separate_runs(cli, mlflow_uri):
+    cli("trainer.seeds=3", "seed=4", *SMOKE, f"tracking.uri={mlflow_uri}", check=True)
+    client, runs = runs_of(mlflow_uri)
+    batched = {r.data.params["seed"]: r for r in runs}
+    assert sorted(batched) == ["4", "5", "6"]
+    assert {r.data.tags["rnnbench.seed_parallel"] for r in runs} == {"3"}
+    assert len({r.data.tags["rnnbench.run_key"] for r in runs}) == 3
+    cli("seed=5", *SMOKE, f"tracking.uri={mlflow_uri}", "trainer.resume=false", check=True)
+    _, after = runs_of(mlflow_uri)
+    (single,) = [r for r in after if "rnnbench.seed_parallel" not in r.data.tags]
+    first = lambda run: [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"),  # noqa: E731
+                                                 key=lambda m: m.step)][:3]
+    assert first(single) == pytest.approx(first(batched["5"]), rel=1e-4)
