@@ -30,13 +30,6 @@ TORCH = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def spec_cell(name: str, input_size: int = I, hidden_size: int = H, **overrides) -> nn.Module:
     spec = REGISTRY.cell(name)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import time
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -120,7 +117,6 @@ def test_bad_input_is_one_clear_message_and_writes_nothing(cli, tmp_path, overri
 
 
 def test_unreachable_tracking_server_fails_fast_before_training(cli, tmp_path):
-    start = time.monotonic()
     proc = cli(*SMOKE, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert proc.returncode != 0
     assert "cannot reach the MLflow tracking server at http://127.0.0.1:9" in proc.stderr

@@ -14,14 +14,6 @@ from rnnbench.testing import check_cell, check_task
 REGISTRY = get_registry()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and much faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("name", sorted(REGISTRY.cells))
 def test_cell_contract(name: str) -> None:

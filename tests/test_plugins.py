@@ -40,8 +40,6 @@ def registry_with(*plugins: object):
 
 
 def test_hook_register_cells_adds_a_cell():
-    from rnnbench.registry import Registry  # noqa: F401
-
     class Plugin:
         __name__ = "extra_cells"
 

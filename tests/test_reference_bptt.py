@@ -15,13 +15,6 @@ B, T, I, H = 3, 7, 4, 5
 RTOL, ATOL = 1e-8, 1e-11
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_cell(name: str) -> torch.nn.Module:
     """The registered cell in float64, every parameter re-drawn (so biases and peepholes are generic)."""

@@ -154,7 +154,7 @@ def test_clipping_is_per_model(compose, registry):
     scaled(models, 1, "head.weight", 1e4)
     before = [torch.nn.utils.parameters_to_vector(m.parameters()).detach().clone() for m in models]
     separate_models = copy.deepcopy(models)
-    separate = separate_runs(cfg, spec, cell_kwargs, task, separate_models)
+    separate_runs(cfg, spec, cell_kwargs, task, separate_models)
     results, trackers = batched_run(cfg, spec, cell_kwargs, task, model_kwargs, models=models)
 
     norms = [values(tr, "train/grad_norm")[0][1] for tr in trackers]

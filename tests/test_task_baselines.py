@@ -19,13 +19,6 @@ from rnnbench.tasks.variable_copy import VariableCopyTask
 NEG = -1e4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ------------------------------------------------------------------------------------- literature numbers
 

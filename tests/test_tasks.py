@@ -38,14 +38,6 @@ CASES: list[tuple[str, dict]] = [
 IDS = [f"{name}-{kw.get('variant', 'default')}" for name, kw in CASES]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)

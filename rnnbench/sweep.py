@@ -1,0 +1,399 @@
+"""Sweeps: one MLflow parent run per Hydra multirun, prepared once in the launching process.
+
+:class:`SweepCallback` is registered under ``hydra.callbacks`` in ``conf/config.yaml``. Before any job starts
+(``on_multirun_start``) it resolves the tracking store exactly as a job does, creates or migrates it (so
+parallel jobs never race on a fresh SQLite file's migrations), finds or creates the experiment, creates the
+sweep's parent run and exports ``RNNBENCH_PARENT_RUN_ID`` / ``RNNBENCH_EXPERIMENT_ID``: every job, in this
+process or in a launcher's worker started afterwards, creates its run as a child of the parent in that
+experiment.
+
+Each job appends its run keys and Hydra status to ``<sweep dir>/.rnnbench/jobs-<parent>.jsonl``
+(``on_job_end``, in the job's process). When the sweep ends the callback looks up every job's run by run key:
+jobs that a re-run skipped because an identical run had already finished are covered by those earlier runs,
+which are listed in the parent's ``sweep/runs.json`` artifact and tag ``rnnbench.sweep.reused_runs``; the
+report then covers the whole grid (``rnnbench report --parent`` reads the same list).
+
+``on_multirun_end`` logs the report to the parent and closes it FINISHED, or FAILED when a job failed (an
+exception, a user error recorded in ``RNNBENCH_FAILURES_FILE``, or a job without a finished run). A diverged
+run is a result, not a failure. Hydra skips ``on_multirun_end`` when a job raised, so an ``atexit`` handler
+closes a parent that is still open (FAILED), and a later run in the same process clears the sweep's
+environment variables first.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from rnnbench.cli import FAILURES_ENV
+from rnnbench.errors import RnnbenchError, TrackingError
+from rnnbench.tracking import EXPERIMENT_ENV, PARENT_RUN_ENV
+
+log = logging.getLogger("rnnbench")
+
+SWEEP_TAG = "rnnbench.sweep"
+
+
+@dataclass
+class SweepState:
+    """A sweep whose parent run is open, in the process that launched it."""
+
+    uri: str
+    experiment_id: str
+    experiment_name: str
+    parent_run_id: str
+    manifest: Path
+    previous_env: dict[str, str | None] = field(default_factory=dict)
+    closed: bool = False
+
+
+_active: SweepState | None = None
+_atexit_registered = False
+
+
+def _resolve_uri(config: Any, cwd: Path) -> str:
+    """The tracking URI a job of this config resolves (``runner.make_tracker``), absolute."""
+    from rnnbench.tracking import absolute_uri, default_tracking_uri
+
+    return absolute_uri(config.tracking.uri or default_tracking_uri(cwd), cwd)
+
+
+def _sweep_tags(config: Any, sweep_dir: Path) -> dict[str, str]:
+    from omegaconf import OmegaConf
+
+    from rnnbench.manager import rnnbench_version
+
+    hydra_cfg = config.hydra
+    params = OmegaConf.select(hydra_cfg, "sweeper.params")
+    preset = OmegaConf.select(hydra_cfg, "runtime.choices.experiment")
+    launcher = str(OmegaConf.select(hydra_cfg, "launcher._target_") or "")
+    tags = {
+        SWEEP_TAG: "true",
+        "rnnbench.sweep.overrides": " ".join(OmegaConf.to_container(hydra_cfg.overrides.task)),
+        "rnnbench.sweep.dir": str(sweep_dir),
+        "rnnbench.sweep.launcher": launcher.rsplit(".", 1)[-1],
+        "rnnbench.version": rnnbench_version(),
+    }
+    if params:
+        tags["rnnbench.sweep.params"] = json.dumps(OmegaConf.to_container(params, resolve=False), sort_keys=True)
+    if preset not in (None, "null"):
+        tags["rnnbench.sweep.preset"] = str(preset)
+    return tags
+
+
+def start_sweep(config: Any, cwd: Path | None = None) -> SweepState:
+    """Prepare store, experiment and parent run; export the parent and experiment ids to the environment."""
+    global _active
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    from rnnbench.tracking import _quick_http_check, ensure_experiment
+
+    cwd = cwd or Path.cwd()
+    uri = _resolve_uri(config, cwd)
+    if uri.startswith(("http://", "https://")):
+        _quick_http_check(uri)
+    client = MlflowClient(tracking_uri=uri)
+    name = str(config.tracking.experiment)
+    try:
+        experiment_id = ensure_experiment(client, name)  # creates and migrates a fresh store, once
+    except TrackingError:
+        raise
+    except Exception as exc:
+        raise TrackingError(f"cannot open the tracking store {uri}: {type(exc).__name__}: {exc}") from exc
+
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_dir = sweep_dir if sweep_dir.is_absolute() else (cwd / sweep_dir).resolve()
+    tags = _sweep_tags(config, sweep_dir)
+    preset = tags.get("rnnbench.sweep.preset", "multirun")
+    run_name = f"sweep-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    parent_id = parent.info.run_id
+
+    manifest = sweep_dir / ".rnnbench" / f"jobs-{parent_id}.jsonl"
+    try:
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text("")
+    except OSError as exc:
+        client.set_terminated(parent_id, "FAILED")
+        raise RnnbenchError(f"cannot write the sweep directory {sweep_dir}: {exc}") from exc
+    previous = {key: os.environ.get(key) for key in (PARENT_RUN_ENV, EXPERIMENT_ENV)}
+    os.environ[PARENT_RUN_ENV] = parent_id
+    os.environ[EXPERIMENT_ENV] = experiment_id
+    _active = SweepState(uri, experiment_id, name, parent_id, manifest, previous)
+    print(f"rnnbench: sweep parent run {parent_id} in experiment {name!r} ({uri})", file=sys.stderr, flush=True)
+    return _active
+
+
+def job_run_keys(job_cfg: Any) -> list[str]:
+    """The run keys of a job's runs: one, or one per member with ``trainer.seeds`` > 1 (seeds seed, seed+1...)."""
+    from omegaconf import OmegaConf
+
+    from rnnbench.runner import run_key
+
+    members = int(OmegaConf.select(job_cfg, "trainer.seeds", default=1) or 1)
+    keys = []
+    for k in range(members):
+        member = job_cfg.copy()
+        member.seed = job_cfg.seed + k
+        keys.append(run_key(OmegaConf.to_container(member, resolve=True)))
+    return keys
+
+
+def record_job(manifest: Path, config: Any, job_return: Any) -> None:
+    """Append this job's run keys and Hydra status to the sweep's manifest (one short atomic append)."""
+    from omegaconf import OmegaConf
+
+    keys: list[str] = []
+    try:
+        keys = job_run_keys(job_return.cfg)
+    except Exception as exc:  # a config that does not resolve: the job itself failed on it
+        log.debug("no run key for the sweep manifest: %s", exc)
+    status = getattr(getattr(job_return, "status", None), "name", "UNKNOWN")
+    line = json.dumps(
+        {
+            "num": OmegaConf.select(config, "hydra.job.num"),
+            "overrides": list(getattr(job_return, "overrides", None) or []),
+            "status": status,
+            "run_keys": keys,
+        }
+    )
+    with open(manifest, "a") as fh:
+        fh.write(line + "\n")
+
+
+def read_manifest(manifest: Path) -> list[dict[str, Any]]:
+    if not manifest.exists():
+        return []
+    jobs = []
+    for line in manifest.read_text().splitlines():
+        try:
+            jobs.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return jobs
+
+
+def _user_failures() -> list[str]:
+    path = os.environ.get(FAILURES_ENV)
+    if not path or not Path(path).exists():
+        return []
+    return [line for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def collect_runs(
+    client: Any, state: SweepState, jobs: list[dict[str, Any]]
+) -> tuple[list[Any], list[str], list[str]]:
+    """(runs of the sweep, ids of reused earlier runs, run keys of jobs that have no finished run)."""
+    from rnnbench.report import search_all
+
+    children = search_all(client, [state.experiment_id], f"tags.`mlflow.parentRunId` = '{state.parent_run_id}'")
+    finished_keys = {r.data.tags.get("rnnbench.run_key") for r in children if r.info.status == "FINISHED"}
+    reused: list[Any] = []
+    missing: list[str] = []
+    for key in dict.fromkeys(key for job in jobs for key in job.get("run_keys") or []):
+        if key in finished_keys:
+            continue
+        earlier = client.search_runs(
+            [state.experiment_id],
+            filter_string=f"tags.`rnnbench.run_key` = '{key}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if earlier:
+            reused.append(earlier[0])
+        else:
+            missing.append(key)
+    return children + reused, [r.info.run_id for r in reused], missing
+
+
+def gradient_flow_figures(client: Any, runs: list[Any]) -> dict[str, Any]:
+    """Gradient-flow figures (``rnnbench.diagnostics``) of the sweep's runs that recorded diagnostics.
+
+    One figure per task, named ``gradient_flow.png`` (``gradient_flow_<task>.png`` with several tasks), drawn
+    from one finished run per (task, cell, length). Runs without diagnostics are skipped; no figure when none
+    has them or the diagnostics module does not offer the figure.
+    """
+    try:
+        from rnnbench.diagnostics import gradient_flow_figure, load_run_arrays
+    except ImportError:
+        return {}
+    chosen: dict[tuple[str, str, str], Any] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):
+        params = run.data.params
+        if run.info.status != "FINISHED" or params.get("diagnostics.enabled", "").lower() != "true":
+            continue
+        key = (params.get("task.name", ""), params.get("cell.name", ""), params.get("task.dependency_length", ""))
+        chosen.setdefault(key, run)
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for (task, _, _), run in sorted(chosen.items()):
+        try:
+            raw = load_run_arrays(run.info.run_id, client=client)
+        except Exception as exc:  # no diagnostics artifact, or one this version cannot read
+            log.debug("no gradient-flow arrays for run %s: %s", run.info.run_id, exc)
+            continue
+        if raw.get("grad_norm"):
+            by_task.setdefault(task, []).append(raw)
+    figures: dict[str, Any] = {}
+    for task, raws in by_task.items():
+        name = "gradient_flow.png" if len(by_task) == 1 else f"gradient_flow_{task}.png"
+        try:
+            figures[name] = gradient_flow_figure(raws)
+        except Exception as exc:
+            log.warning("gradient-flow figure for %s failed: %s", task, exc)
+    return figures
+
+
+def finish_sweep(state: SweepState, force_failed: bool = False) -> str:
+    """Report on the sweep's runs, log the report to the parent and close it; returns the final status."""
+    global _active
+    if state.closed:
+        return "CLOSED"
+    state.closed = True
+    status = "FAILED" if force_failed else "FINISHED"
+    try:
+        from mlflow.entities import RunTag
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=state.uri)
+        jobs = read_manifest(state.manifest)
+        failures = _user_failures()
+        raised = [j for j in jobs if j.get("status") == "FAILED"]
+        try:
+            runs, reused, missing = collect_runs(client, state, jobs)
+        except Exception as exc:
+            log.warning("could not read back the sweep's runs: %s", exc)
+            runs, reused, missing = [], [], []
+        if failures or raised or missing:
+            status = "FAILED"
+        tags = {
+            "rnnbench.sweep.jobs": str(len(jobs)),
+            "rnnbench.sweep.failed_jobs": str(max(len(failures) + len(raised), len(missing))),
+            "rnnbench.sweep.reused_runs": str(len(reused)),
+        }
+        if reused:
+            tags["rnnbench.sweep.reused_run_ids"] = ",".join(reused)[:8000]
+        client.log_batch(state.parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        with tempfile.TemporaryDirectory(prefix="rnnbench-sweep-") as tmp:
+            listing = Path(tmp) / "runs.json"
+            listing.write_text(json.dumps(
+                {
+                    "run_ids": [r.info.run_id for r in runs],
+                    "reused_run_ids": reused,
+                    "jobs": jobs,
+                    "missing_run_keys": missing,
+                    "failures": failures,
+                },
+                indent=2,
+            ) + "\n")
+            client.log_artifact(state.parent_run_id, str(listing), "sweep")
+            if runs:
+                _report_to_parent(client, state, runs, Path(tmp) / "report")
+    except Exception as exc:
+        log.warning("the sweep report could not be logged to parent run %s: %s", state.parent_run_id, exc)
+    finally:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(tracking_uri=state.uri).set_terminated(state.parent_run_id, status)
+        except Exception as exc:
+            log.warning("could not close sweep parent run %s: %s", state.parent_run_id, exc)
+        _restore_env(state)
+        if _active is state:
+            _active = None
+    link = _ui_link(state)
+    print(f"rnnbench: sweep parent run {state.parent_run_id} {status}; {link}", file=sys.stderr, flush=True)
+    return status
+
+
+def _report_to_parent(client: Any, state: SweepState, runs: list[Any], out_dir: Path) -> None:
+    from rnnbench.report import attach, build_report, headline
+
+    try:
+        report = build_report(runs, out_dir, client, source=f"sweep parent run {state.parent_run_id}")
+    except RnnbenchError as exc:
+        log.warning("no sweep report: %s", exc)
+        return
+    try:
+        figures = gradient_flow_figures(client, runs)
+    except Exception as exc:
+        log.warning("no gradient-flow figure for the sweep: %s", exc)
+        figures = {}
+    attach(client, state.parent_run_id, report, figures)
+    print(headline(report), flush=True)
+
+
+def _ui_link(state: SweepState) -> str:
+    path = f"#/experiments/{state.experiment_id}/runs/{state.parent_run_id}"
+    if state.uri.startswith(("http://", "https://")):
+        return f"open {state.uri.rstrip('/')}/{path}"
+    return f"browse with: mlflow ui --backend-store-uri {state.uri}  then http://127.0.0.1:5000/{path}"
+
+
+def _restore_env(state: SweepState) -> None:
+    for key, value in state.previous_env.items():
+        if os.environ.get(key) not in (state.parent_run_id, state.experiment_id):
+            continue  # changed by someone else since: leave it
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def close_stale() -> None:
+    """Close a sweep of this process whose end hook never ran (a job raised), and clear its environment."""
+    if _active is not None and not _active.closed:
+        finish_sweep(_active, force_failed=True)
+
+
+def _at_exit() -> None:
+    if _active is not None and not _active.closed:
+        finish_sweep(_active, force_failed=True)
+
+
+class SweepCallback(Callback):
+    """Hydra callback: a parent run per multirun, child runs per job, the report on the parent at the end."""
+
+    def __init__(self) -> None:
+        self.manifest: str | None = None
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        close_stale()
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        global _atexit_registered
+        close_stale()
+        self.manifest = None
+        if config.tracking.backend == "none":
+            return
+        try:
+            state = start_sweep(config)
+        except RnnbenchError as exc:
+            raise SystemExit(f"rnnbench: error: {exc}") from exc
+        self.manifest = str(state.manifest)
+        if not _atexit_registered:
+            atexit.register(_at_exit)
+            _atexit_registered = True
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        if self.manifest is None:
+            return
+        try:
+            record_job(Path(self.manifest), config, job_return)
+        except OSError as exc:
+            log.warning("could not record job in the sweep manifest %s: %s", self.manifest, exc)
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        if _active is not None and not _active.closed and self.manifest is not None:
+            finish_sweep(_active)
+        self.manifest = None
