@@ -173,3 +173,19 @@ def test_store_failing_mid_run_keeps_results_locally_and_uploads_later(mlflow_ur
 def test_upload_of_a_missing_journal_is_a_clear_error(tmp_path):
     proc = run_cli(["runs", "upload", str(tmp_path / "nope.jsonl")], tmp_path)
     assert proc.returncode == 2 and "no journal at" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_eight_parallel_jobs_on_a_fresh_default_store_all_land(cli, tmp_path):
+    proc = cli("-m", "launcher=joblib", "hydra.launcher.n_jobs=8", "seed=0,1,2,3,4,5,6,7", "trainer.steps=4",
+               "trainer.eval_every=4", "trainer.batch_size=4", "model.hidden_size=4", "task.dependency_length=6",
+               "trainer.threads=1", "diagnostics=off", check=True)
+    assert (tmp_path / "mlflow.db").exists(), proc.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    default = client.search_runs(["0"])
+    assert default == []
+    runs = client.search_runs([client.get_experiment_by_name("rnnbench").experiment_id])
+    children = [r for r in runs if "rnnbench.cell" in r.data.tags]
+    assert sorted(int(r.data.params["seed"]) for r in children) == list(range(8))
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in children}
+    assert len(parents) == 1 and all(r.info.status == "FINISHED" for r in runs)
