@@ -73,7 +73,10 @@ def test_relative_store_is_resolved_before_hydra_changes_directory(cli, tmp_path
 def test_multirun_of_two_jobs(cli, mlflow_uri):
     proc = cli("-m", "cell=rnn_tanh,lstm", *SMOKE, f"tracking.uri={mlflow_uri}", check=True)
     _, runs = runs_of(mlflow_uri)
-    assert sorted(r.data.tags["rnnbench.cell"] for r in runs) == ["lstm", "rnn_tanh"]
+    (parent,) = [r for r in runs if r.data.tags.get("rnnbench.sweep") == "true"]
+    children = [r for r in runs if r is not parent]
+    assert sorted(r.data.tags["rnnbench.cell"] for r in children) == ["lstm", "rnn_tanh"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert all(r.info.status == "FINISHED" for r in runs)
     assert proc.stdout.count("rnnbench: ") >= 2
 
