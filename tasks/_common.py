@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from rnnbench import Batch, Task
 from rnnbench.errors import ConfigError
 
 
@@ -67,3 +68,18 @@ def masked_accuracy(output: Tensor, target: Tensor, mask: Tensor) -> tuple[Tenso
     accuracy = (correct.float() * weights).sum() / weights.sum().clamp_min(1.0)
     exact = (correct | ~mask).all(dim=1).float().mean()
     return accuracy, exact
+
+
+class MaskedRecallTask(Task):
+    """A per-step classification task scored only where ``batch.mask`` holds (loss and accuracy alike)."""
+
+    readout = "sequence"
+
+    def loss(self, output: Tensor, batch: Batch) -> Tensor:
+        assert batch.mask is not None
+        return masked_cross_entropy(output, batch.y, batch.mask)
+
+    def metrics(self, output: Tensor, batch: Batch) -> dict[str, Tensor]:
+        assert batch.mask is not None
+        accuracy, exact = masked_accuracy(output, batch.y, batch.mask)
+        return {"loss": self.loss(output, batch), "accuracy": accuracy, "exact": exact}

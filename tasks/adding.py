@@ -154,9 +154,7 @@ class AddingTask(Task):
         return {"loss": 1 / 6, "accuracy": _triangle_within(2 * tol)}
 
     def describe(self) -> dict[str, object]:
-        return {
-            "sequence_length": self.sequence_length,
-            "dependency_length": self.dependency_length,
+        return super().describe() | {
             "min_sequence_length": self.min_length,
             "max_sequence_length": self.max_length,
             "variant": self.variant,

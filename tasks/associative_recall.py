@@ -6,18 +6,16 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 from torch.nn import functional as F
 
-from rnnbench import Batch, Task, TaskConfig, TaskSpec, hookimpl
+from rnnbench import Batch, TaskConfig, TaskSpec, hookimpl
 from rnnbench.errors import ConfigError
 from rnnbench.registry import RegisterTask
 from rnnbench.tasks._common import (
     check_choice,
     check_int,
     check_number,
-    masked_accuracy,
-    masked_cross_entropy,
+    MaskedRecallTask,
     random_subset,
 )
 
@@ -37,7 +35,7 @@ class AssociativeRecallConfig(TaskConfig):
     """Fill the non-query steps with random tokens (zoology's default) instead of 0."""
 
 
-class AssociativeRecallTask(Task):
+class AssociativeRecallTask(MaskedRecallTask):
     r"""Key-value pairs, then queries: on each query key, output the value it was paired with.
 
     Definition (zoology ``zoology/data/multiquery_ar.py``): vocabulary V, N = ``num_kv_pairs``. Keys are N
@@ -109,22 +107,11 @@ class AssociativeRecallTask(Task):
         x = F.one_hot(tokens, V).float()
         return Batch(x=x, y=target, mask=mask)
 
-    def loss(self, output: Tensor, batch: Batch) -> Tensor:
-        assert batch.mask is not None
-        return masked_cross_entropy(output, batch.y, batch.mask)
-
-    def metrics(self, output: Tensor, batch: Batch) -> dict[str, Tensor]:
-        assert batch.mask is not None
-        accuracy, exact = masked_accuracy(output, batch.y, batch.mask)
-        return {"loss": self.loss(output, batch), "accuracy": accuracy, "exact": exact}
-
     def baseline(self) -> dict[str, float]:
         return {"loss": math.log(self.num_values), "accuracy": 1 / self.num_values}
 
     def describe(self) -> dict[str, object]:
-        return {
-            "sequence_length": self.sequence_length,
-            "dependency_length": self.dependency_length,
+        return super().describe() | {
             "variant": self.variant,
             "vocab_size": self.vocab_size,
             "num_kv_pairs": self.num_kv_pairs,

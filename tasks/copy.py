@@ -113,9 +113,7 @@ class CopyTask(Task):
         }
 
     def describe(self) -> dict[str, object]:
-        return {
-            "sequence_length": self.sequence_length,
-            "dependency_length": self.dependency_length,
+        return super().describe() | {
             "variant": self.variant,
             "alphabet": self.alphabet,
             "symbols": self.symbols,

@@ -69,9 +69,7 @@ class ParityTask(Task):
         return {"loss": (T - 1) * math.log(2) / T, "accuracy": (T + 1) / (2 * T)}
 
     def describe(self) -> dict[str, object]:
-        return {
-            "sequence_length": self.sequence_length,
-            "dependency_length": self.dependency_length,
+        return super().describe() | {
             "variant": self.variant,
         }
 

@@ -6,13 +6,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 from torch.nn import functional as F
 
-from rnnbench import Batch, Task, TaskConfig, TaskSpec, hookimpl
+from rnnbench import Batch, TaskConfig, TaskSpec, hookimpl
 from rnnbench.errors import ConfigError
 from rnnbench.registry import RegisterTask
-from rnnbench.tasks._common import check_choice, check_int, masked_accuracy, masked_cross_entropy, sorted_positions
+from rnnbench.tasks._common import MaskedRecallTask, check_choice, check_int, sorted_positions
 
 VARIANTS = ("gu2023",)
 
@@ -26,7 +25,7 @@ class SelectiveCopyConfig(TaskConfig):
     symbols: int = 10
 
 
-class SelectiveCopyTask(Task):
+class SelectiveCopyTask(MaskedRecallTask):
     r"""Data symbols scattered among blanks; reproduce them, in order, once the markers arrive.
 
     Definition (denoise task of Jing et al. 2017, arXiv:1706.02761; selective copying of Gu & Dao 2023; the
@@ -77,22 +76,11 @@ class SelectiveCopyTask(Task):
         x = F.one_hot(tokens, self.input_size).float()
         return Batch(x=x, y=target, mask=mask, extras={"positions": where})
 
-    def loss(self, output: Tensor, batch: Batch) -> Tensor:
-        assert batch.mask is not None
-        return masked_cross_entropy(output, batch.y, batch.mask)
-
-    def metrics(self, output: Tensor, batch: Batch) -> dict[str, Tensor]:
-        assert batch.mask is not None
-        accuracy, exact = masked_accuracy(output, batch.y, batch.mask)
-        return {"loss": self.loss(output, batch), "accuracy": accuracy, "exact": exact}
-
     def baseline(self) -> dict[str, float]:
         return {"loss": math.log(self.alphabet), "accuracy": 1 / self.alphabet}
 
     def describe(self) -> dict[str, object]:
-        return {
-            "sequence_length": self.sequence_length,
-            "dependency_length": self.dependency_length,
+        return super().describe() | {
             "variant": self.variant,
             "alphabet": self.alphabet,
             "symbols": self.symbols,

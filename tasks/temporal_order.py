@@ -83,9 +83,7 @@ class TemporalOrderTask(Task):
         return {"loss": math.log(self.output_size), "accuracy": 1 / self.output_size}
 
     def describe(self) -> dict[str, object]:
-        return {
-            "sequence_length": self.sequence_length,
-            "dependency_length": self.dependency_length,
+        return super().describe() | {
             "variant": self.variant,
             "classes": self.output_size,
         }

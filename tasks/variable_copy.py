@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 from torch.nn import functional as F
 
-from rnnbench import Batch, Task, TaskConfig, TaskSpec, hookimpl
+from rnnbench import Batch, TaskConfig, TaskSpec, hookimpl
 from rnnbench.errors import ConfigError
 from rnnbench.registry import RegisterTask
 from rnnbench.tasks._common import check_choice, check_int
 
 VARIANTS = ("henaff2016",)
-from rnnbench.tasks.copy import copy_metrics
+from rnnbench.tasks.copy import CopyTask
 
 
 @dataclass
@@ -29,7 +27,7 @@ class VariableCopyConfig(TaskConfig):
     symbols: int = 10
 
 
-class VariableCopyTask(Task):
+class VariableCopyTask(CopyTask):
     r"""Copy memory whose delay is drawn per sequence, which defeats fixed-delay (hand-built orthogonal) solutions.
 
     Definition (Henaff, Szlam & LeCun 2016, "Recurrent orthogonal networks and long-memory tasks"): each
@@ -89,24 +87,8 @@ class VariableCopyTask(Task):
         x = F.one_hot(tokens, self.input_size).float()
         return Batch(x=x, y=target, mask=mask, extras={"delay": delay.squeeze(1)})
 
-    def loss(self, output: Tensor, batch: Batch) -> Tensor:
-        return F.cross_entropy(output.flatten(0, 1), batch.y.flatten())
-
-    def metrics(self, output: Tensor, batch: Batch) -> dict[str, Tensor]:
-        return copy_metrics(output, batch, self.loss(output, batch))
-
-    def baseline(self) -> dict[str, float]:
-        T, K, A = self.dependency_length, self.symbols, self.alphabet
-        return {
-            "loss": K * math.log(A) / (T + 2 * K),
-            "accuracy": 1 / A,
-            "accuracy_all": (T + K + K / A) / (T + 2 * K),
-        }
-
     def describe(self) -> dict[str, object]:
-        return {
-            "sequence_length": self.sequence_length,
-            "dependency_length": self.dependency_length,
+        return super().describe() | {
             "variant": self.variant,
             "min_delay": self.min_delay,
             "alphabet": self.alphabet,
