@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from rnnbench.allocator import retain_freed_memory
 from rnnbench.config import constructor_kwargs, validate
 from rnnbench.diagnostics import Diagnostics
 from rnnbench.errors import ConfigError, PluginError
@@ -68,10 +69,12 @@ def configure_process(cfg: Any, device: torch.device, n_parallel: int) -> dict[s
     threads = cfg.trainer.threads or max(1, (os.cpu_count() or 1) // max(1, n_parallel))
     torch.set_num_threads(threads)
     ftz = torch.set_flush_denormal(True)  # vanishing gradients produce denormals: 2.6-7x slower without
+    retained = retain_freed_memory()
     deterministic = bool(cfg.trainer.deterministic)
     if deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:  # the call imports inductor: seconds
+        torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = False
     random.seed(cfg.seed)
@@ -80,6 +83,7 @@ def configure_process(cfg: Any, device: torch.device, n_parallel: int) -> dict[s
     return {
         "rnnbench.threads": str(threads),
         "rnnbench.flush_denormal": str(ftz).lower(),
+        "rnnbench.retain_freed_memory": str(retained).lower(),
         "rnnbench.deterministic": str(deterministic).lower(),
         "rnnbench.device": str(device),
     }

@@ -375,31 +375,6 @@ class VmapModel:
 # --------------------------------------------------------------------------------------------------------------
 # The training loop.
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-
-
-def retain_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of returning it to the kernel; returns whether it applied.
-
-    A batched step allocates and frees tens of MB per tensor (K x T x B x gates). glibc serves blocks above
-    32 MB with a fresh ``mmap`` and unmaps them on free, so every step page-faults all of its memory in again:
-    that doubled the time of an 8-seed step in ``benchmarks/seed_parallel.py``. With mmap off and no trimming,
-    freed blocks stay in the heap and the next step reuses them. The process keeps its peak memory; settings are
-    process-wide and persist (they are harmless for the rest of a training process). No-op off glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False
-
-
 @dataclass
 class _Member:
     seed: int
@@ -481,8 +456,6 @@ def train_seeds(
     if len(seeds) != len(trackers) or not seeds:
         raise ValueError(f"{len(seeds)} seeds and {len(trackers)} trackers: one tracker per seed, at least one")
     t = cfg.trainer
-    if device.type == "cpu":
-        retain_freed_memory()
     fused = model_kwargs.pop("fused", cfg.model.fused)
     if models is None:
         models = build_seed_models(spec, cell_kwargs, task, seeds, hidden_size, fused=fused, **model_kwargs)
