@@ -140,7 +140,9 @@ def validate(cfg: Any) -> None:
         raise ConfigError("model.dropout", m.dropout, "a number in [0, 1)")
     for key in ("steps", "batch_size", "eval_every", "eval_batches", "log_every", "checkpoint_every", "seeds"):
         _positive(f"trainer.{key}", getattr(t, key))
-    _choice("trainer.device", t.device, DEVICES)
+    if not (t.device in DEVICES or (isinstance(t.device, str) and t.device.startswith("cuda:")
+                                    and t.device[5:].isdigit())):
+        raise ConfigError("trainer.device", t.device, f"one of {', '.join(DEVICES)}, or cuda:<index>")
     _choice("trainer.clip_mode", t.clip_mode, CLIP_MODES)
     _choice("trainer.progress", t.progress, PROGRESS)
     if t.grad_clip is not None and not (math.isfinite(t.grad_clip) and t.grad_clip > 0):

@@ -42,8 +42,12 @@ _VOLATILE = ("tracking", "trainer.progress", "trainer.checkpoint_dir", "trainer.
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device", name, "auto or cpu: no CUDA device is available on this machine")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError("trainer.device", name, "auto or cpu: no CUDA device is available on this machine")
+        if ":" in name and int(name.split(":")[1]) >= count:
+            raise ConfigError("trainer.device", name, f"cuda:0 to cuda:{count - 1} (this machine has {count})")
     return torch.device(name)
 
 
