@@ -758,7 +758,7 @@ def find_runs_arrays(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rnnbench.diagnostics figure``: the side-by-side figure of the runs in a tracking store."""
-    from rnnbench.tracking import absolute_uri, default_tracking_uri
+    from rnnbench.tracking import resolve_tracking_uri
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -774,7 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fig.add_argument("--raw", action="store_true", help="plot ||dL/dh_t|| instead of the ratio to the output step")
     fig.add_argument("-o", "--output", type=Path, default=Path("gradient_flow.png"))
     args = parser.parse_args(argv)
-    uri = absolute_uri(args.tracking_uri or default_tracking_uri(), Path.cwd())
+    uri = resolve_tracking_uri(args.tracking_uri)
     runs = find_runs_arrays(uri, args.experiment, args.cells, args.lengths, args.parent_run, args.task)
     if not runs:
         print(f"no finished run with diagnostics in experiment {args.experiment!r} of {uri}")

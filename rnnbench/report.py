@@ -528,10 +528,9 @@ def attach(client: Any, run_id: str, report: Report, extra_figures: dict[str, An
 
 def resolve_uri(uri: str | None) -> str:
     """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``; made absolute."""
-    from rnnbench.tracking import absolute_uri, default_tracking_uri
+    from rnnbench.tracking import resolve_tracking_uri
 
-    cwd = Path.cwd()
-    resolved = absolute_uri(uri or default_tracking_uri(cwd), cwd)
+    resolved = resolve_tracking_uri(uri)
     if resolved.startswith("sqlite:///") and not Path(resolved[len("sqlite:///") :]).exists():
         raise RnnbenchError(
             f"no tracking store at {resolved}: run a sweep first, or pass --tracking-uri / set MLFLOW_TRACKING_URI"

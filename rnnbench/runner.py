@@ -29,7 +29,7 @@ from rnnbench.diagnostics import Diagnostics
 from rnnbench.errors import ConfigError, PluginError
 from rnnbench.manager import get_registry, rnnbench_version
 from rnnbench.model import build_model, count_parameters, hidden_size_for_budget
-from rnnbench.tracking import MlflowTracker, NullTracker, Tracker, absolute_uri, default_tracking_uri
+from rnnbench.tracking import MlflowTracker, NullTracker, Tracker, resolve_tracking_uri
 from rnnbench.train import Interrupted, RunResult, train
 
 log = logging.getLogger("rnnbench")
@@ -145,7 +145,7 @@ def check_contract(model: torch.nn.Module, task: Any, provider: str, name: str, 
 def make_tracker(cfg: Any, original_cwd: Path, output_dir: Path) -> Tracker:
     if cfg.tracking.backend == "none":
         return NullTracker()
-    uri = absolute_uri(cfg.tracking.uri or default_tracking_uri(original_cwd), original_cwd)
+    uri = resolve_tracking_uri(cfg.tracking.uri, original_cwd)
     tracker = MlflowTracker(uri, cfg.tracking.experiment, fallback_dir=output_dir)
     tracker.connect()
     return tracker

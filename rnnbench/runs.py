@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 from rnnbench.errors import RnnbenchError
-from rnnbench.tracking import HEARTBEAT_TAG, absolute_uri, apply_operation, default_tracking_uri
+from rnnbench.tracking import HEARTBEAT_TAG, apply_operation, resolve_tracking_uri
 
 
 def _client(uri: str | None):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=absolute_uri(uri or default_tracking_uri(), Path.cwd()))
+    return MlflowClient(tracking_uri=resolve_tracking_uri(uri))
 
 
 def reap(uri: str | None, experiment: str | None, stale_after: float, dry_run: bool) -> list[str]:

@@ -63,9 +63,9 @@ _atexit_registered = False
 
 def _resolve_uri(config: Any, cwd: Path) -> str:
     """The tracking URI a job of this config resolves (``runner.make_tracker``), absolute."""
-    from rnnbench.tracking import absolute_uri, default_tracking_uri
+    from rnnbench.tracking import resolve_tracking_uri
 
-    return absolute_uri(config.tracking.uri or default_tracking_uri(cwd), cwd)
+    return resolve_tracking_uri(config.tracking.uri, cwd)
 
 
 def _sweep_tags(config: Any, sweep_dir: Path) -> dict[str, str]:

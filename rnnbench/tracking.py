@@ -88,13 +88,12 @@ class NullTracker:
         return []
 
 
-def default_tracking_uri(cwd: Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else MLflow's own default store: ``mlflow.db`` in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
-
-
-def absolute_uri(uri: str, cwd: Path) -> str:
-    """Make a relative ``sqlite:///`` path absolute against ``cwd`` (before anything changes directory)."""
+def resolve_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
+    """The store to use, absolute: ``uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's own default store,
+    ``mlflow.db`` in ``cwd``. Relative ``sqlite:///`` paths are resolved against ``cwd`` before anything changes
+    directory."""
+    cwd = (cwd or Path.cwd()).resolve()
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{cwd / 'mlflow.db'}"
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
         return prefix + str((cwd / uri[len(prefix) :]).resolve())

@@ -29,8 +29,6 @@ from rnnbench.tracking import Tracker
 
 log = logging.getLogger("rnnbench")
 
-OUTCOMES = ("solved", "learning", "at_baseline", "diverged")
-
 
 def stream_seed(seed: int, stream: str) -> int:
     """An independent 63-bit seed for a named data stream (``train``, ``eval:3``...) of a run seed."""
