@@ -624,9 +624,9 @@ def main(argv: Sequence[str]) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = resolve_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
-        from rnnbench.tracking import _quick_http_check
+        from rnnbench.tracking import check_server
 
-        _quick_http_check(uri)
+        check_server(uri)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)

@@ -97,12 +97,12 @@ def start_sweep(config: Any, cwd: Path | None = None) -> SweepState:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
 
-    from rnnbench.tracking import _quick_http_check, ensure_experiment
+    from rnnbench.tracking import check_server, ensure_experiment
 
     cwd = cwd or Path.cwd()
     uri = _resolve_uri(config, cwd)
     if uri.startswith(("http://", "https://")):
-        _quick_http_check(uri)
+        check_server(uri)
     client = MlflowClient(tracking_uri=uri)
     name = str(config.tracking.experiment)
     try:

@@ -130,7 +130,7 @@ class MlflowTracker:
     def connect(self) -> str:
         """Check the store answers and find or create the experiment; fails fast with a readable message."""
         if self.uri.startswith(("http://", "https://")):
-            _quick_http_check(self.uri)
+            check_server(self.uri)
         try:
             self.experiment_id = os.environ.get(EXPERIMENT_ENV) or ensure_experiment(self.client, self.experiment_name)
         except TrackingError:
@@ -257,7 +257,7 @@ def ensure_experiment(client: Any, name: str) -> str:
         return experiment.experiment_id
 
 
-def _quick_http_check(uri: str) -> None:
+def check_server(uri: str) -> None:
     import urllib.error
     import urllib.request
 
