@@ -27,7 +27,10 @@ class SequenceModel(nn.Module):
         self.head = nn.Linear((2 if bidirectional else 1) * hidden_size, output_size)
 
     def features(self, x: Tensor) -> Tensor:
-        out = self.encoder(x)  # (B, T, D*H)
+        return self.read(self.encoder(x))
+
+    def read(self, out: Tensor) -> Tensor:
+        """The head's input from encoder outputs ``out`` (B, T, D*H): every step, or the last step."""
         if self.readout == "sequence":
             return out
         if self.bidirectional:
@@ -36,6 +39,17 @@ class SequenceModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))  # (B, O) or (B, T, O)
+
+
+def loop_named_parameters(model: SequenceModel) -> dict[str, nn.Parameter]:
+    """The model's parameters under the names of its step-by-step twin (``encoder.layers.0.fwd.weight_hh``,
+    ``head.weight``), whichever encoder it has: names that checkpoints and batched members share."""
+    encoder = model.encoder
+    if isinstance(encoder, FusedEncoder):
+        named = {f"encoder.{n}": p for n, p in encoder.loop_named_parameters().items()}
+        named.update({f"head.{n}": p for n, p in model.head.named_parameters()})
+        return named
+    return dict(model.named_parameters())
 
 
 def count_parameters(module: nn.Module) -> int:

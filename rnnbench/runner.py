@@ -1,4 +1,9 @@
-"""One job of the CLI: validate, build cell + task + model, open the tracking run, train, record the outcome.
+"""One job of the CLI: validate, build the task and the members' models, find what each run has to do (skip,
+finish, resume or start), open the tracking runs, and hand the population to the training loop.
+
+A job with ``trainer.seeds=K`` is K members (seeds ``seed .. seed + K - 1``), each its own MLflow run with its
+own run key and checkpoint (:mod:`rnnbench.identity`). Members resuming at the same step train together as one
+population; members at different steps (a rerun after a partial job) train as separate populations.
 
 Everything a job sets process-wide (seeds, threads, deterministic mode, signal handlers) is set here at the
 start of every job, because multirun workers are reused from one job to the next.
@@ -6,8 +11,7 @@ start of every job, because multirun workers are reused from one job to the next
 
 from __future__ import annotations
 
-import hashlib
-import json
+import fcntl
 import logging
 import os
 import random
@@ -15,7 +19,8 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +28,20 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from rnnbench import checkpoint as ckpt
+from rnnbench import identity
 from rnnbench.allocator import retain_freed_memory
 from rnnbench.config import constructor_kwargs, validate
 from rnnbench.diagnostics import Diagnostics
-from rnnbench.errors import ConfigError, PluginError
+from rnnbench.errors import ConfigError, PluginError, RnnbenchError
 from rnnbench.manager import get_registry, rnnbench_version
 from rnnbench.model import build_model, count_parameters, hidden_size_for_budget
+from rnnbench.population import SinglePopulation, StackedPopulation
 from rnnbench.tracking import MlflowTracker, NullTracker, Tracker, resolve_tracking_uri
-from rnnbench.train import Interrupted, RunResult, train
+from rnnbench.train import Interrupted, Member, RunResult, train
 
 log = logging.getLogger("rnnbench")
-
-# Keys that do not change what a run computes: excluded from the run key that identifies a run for resume/skip.
-_VOLATILE = ("tracking", "trainer.progress", "trainer.checkpoint_dir", "trainer.resume", "trainer.threads",
-             "trainer.log_every", "trainer.seeds")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,23 +54,6 @@ def resolve_device(name: str) -> torch.device:
         if ":" in name and int(name.split(":")[1]) >= count:
             raise ConfigError("trainer.device", name, f"cuda:0 to cuda:{count - 1} (this machine has {count})")
     return torch.device(name)
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-    else:
-        out[prefix[:-1]] = "null" if tree is None else json.dumps(tree) if isinstance(tree, list) else str(tree)
-    return out
-
-
-def run_key(resolved: dict[str, Any]) -> str:
-    """A stable hash of everything that determines the run's numbers."""
-    flat = flatten(resolved)
-    kept = {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in _VOLATILE)}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def configure_process(cfg: Any, device: torch.device, n_parallel: int) -> dict[str, str]:
@@ -93,23 +81,36 @@ def configure_process(cfg: Any, device: torch.device, n_parallel: int) -> dict[s
     }
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """The commit of the rnnbench checkout this code runs from (``-dirty`` with local changes), or None when
+    rnnbench is installed from a wheel: a repository that merely encloses site-packages is not its source."""
     source = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
+    if not (source.parent / "pyproject.toml").is_file() or "site-packages" in source.parts:
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(source.parent), *args], capture_output=True, text=True,
+                                 timeout=5, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    if git("rev-parse", "--show-toplevel") != str(source.parent):
+        return None
+    commit = git("rev-parse", "HEAD")
+    if commit and git("status", "--porcelain", "--untracked-files=no", "--", "rnnbench", "plugins", "tasks", "conf"):
+        commit += "-dirty"
+    return commit
 
 
 @contextmanager
 def stop_on_signals() -> Iterator[Callable[[], int | None]]:
-    """While training, SIGINT (Ctrl-C), SIGTERM (a cluster's time limit) and SIGUSR2 request a stop.
+    """For the whole job, SIGINT (Ctrl-C), SIGTERM (a cluster's time limit) and SIGUSR2 request a stop.
 
     Yields the poll function the training loop checks between steps, so a run is always checkpointed at a
-    step boundary, never in the middle of an optimiser update.
+    step boundary, never in the middle of an optimiser update. A signal that arrives after the last step lets
+    the job close its runs first; the caller then exits with the signal's status.
     """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
@@ -119,12 +120,36 @@ def stop_on_signals() -> Iterator[Callable[[], int | None]]:
     def handler(signum, frame):  # noqa: ARG001
         received.append(signum)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield lambda: received[0] if received else None
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if received:
+            raise Interrupted(received[0])
+
+
+@contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """Hold ``<checkpoint>.lock`` for the whole job: one process per run key at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.stem + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise RnnbenchError(
+                f"this configuration (run key {path.stem}) is being trained by process {holder} right now "
+                f"(lock {lock}); wait for it to end or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def check_contract(model: torch.nn.Module, task: Any, provider: str, name: str, device: torch.device) -> None:
@@ -151,172 +176,206 @@ def make_tracker(cfg: Any, original_cwd: Path, output_dir: Path) -> Tracker:
     return tracker
 
 
+@dataclass
+class Plan:
+    """What one member of the job does: its identity, its run, and where it resumes."""
+
+    seed: int
+    cfg: Any
+    resolved: dict[str, Any]
+    key: str
+    checkpoint: Path
+    tracker: Tracker
+    run_id: str | None = None
+    """An earlier unfinished run of this run key to continue (None: a new run)."""
+    resume: dict[str, Any] | None = None
+    options: list[dict[str, Any]] = field(default_factory=list)
+    """The run's readable checkpoints, newest first."""
+    logged_through: int = 0
+    has_baseline: bool = False
+
+
+def _logged(tracker: Tracker, run_id: str) -> tuple[int, bool]:
+    """The last step of ``train/loss`` in the store for ``run_id``, and whether its baseline is there."""
+    client = getattr(tracker, "client", None)
+    if client is None:
+        return 0, False
+    history = client.get_metric_history(run_id, "train/loss")
+    return max((m.step for m in history), default=0), "baseline/loss" in client.get_run(run_id).data.metrics
+
+
+def plan_member(cfg: Any, seed: int, original_cwd: Path, output_dir: Path) -> Plan | None:
+    """Find what member ``seed`` has to do: None when its configuration already finished, else a plan."""
+    member_cfg = cfg.copy()
+    member_cfg.seed = seed
+    resolved = OmegaConf.to_container(member_cfg, resolve=True)
+    key = identity.run_key(resolved)
+    path = identity.checkpoint_path(cfg.trainer.checkpoint_dir, original_cwd, key)
+    tracker = make_tracker(member_cfg, original_cwd, output_dir)
+    plan = Plan(seed, member_cfg, resolved, key, path, tracker)
+    if not cfg.trainer.resume:
+        ckpt.remove(path)
+        return plan
+    earlier = tracker.find_runs(key)
+    finished = [rid for rid, status in earlier if status == "FINISHED"]
+    if finished:
+        log.info("skipped: run %s already finished this configuration (run key %s)", finished[0], key)
+        return None
+    saved = ckpt.load_all(path)
+    open_ids = [rid for rid, _ in earlier]
+    if isinstance(tracker, NullTracker):
+        plan.options = saved
+    else:
+        plan.options = [s for s in saved if s.get("run_id") in open_ids]
+        plan.run_id = plan.options[0]["run_id"] if plan.options else (open_ids[0] if open_ids else None)
+        plan.options = [s for s in plan.options if s.get("run_id") == plan.run_id]
+        if plan.run_id is not None:
+            plan.logged_through, plan.has_baseline = _logged(tracker, plan.run_id)
+            for rid in open_ids:
+                if rid != plan.run_id:  # older attempts of the same run key: closed, never left RUNNING
+                    tracker.client.set_terminated(rid, "KILLED")  # type: ignore[attr-defined]
+    plan.resume = plan.options[0] if plan.options else None
+    if plan.resume is None and saved:
+        log.info("checkpoint %s belongs to no open run: starting afresh", path)
+    return plan
+
+
+def align(plans: list[Plan]) -> None:
+    """Resume every member from the same step where their checkpoints allow it (a kill between two members'
+    checkpoint writes leaves one a checkpoint ahead; its previous checkpoint matches the others)."""
+    resuming = [p for p in plans if p.resume is not None]
+    if not resuming or len(resuming) != len(plans):
+        return
+    target = min(p.resume["step"] for p in resuming)
+    for p in resuming:
+        for option in p.options:
+            if option["step"] == target:
+                p.resume = option
+
+
 def run_job(
     cfg: Any,
     output_dir: Path,
     original_cwd: Path,
     n_parallel: int = 1,
     overrides: list[str] | None = None,
-    tracker: Tracker | None = None,
 ) -> list[RunResult]:
-    """Run one configured job: one run, or ``trainer.seeds`` runs trained side by side as one batched model.
+    """Run one configured job: one run, or ``trainer.seeds`` members trained side by side.
 
-    Returns the results of the runs trained; a run whose identical configuration already finished is skipped
-    (``trainer.resume=true``), so a fully finished job returns an empty list.
+    Returns the results of the runs trained or finished now; a run whose configuration already finished is
+    skipped (``trainer.resume=true``), so a fully finished job returns an empty list.
     """
     validate(cfg)
     registry = get_registry()
     cell_spec, task_spec = registry.cell(cfg.cell.name), registry.task(cfg.task.name)
     device = resolve_device(cfg.trainer.device)
     process_tags = configure_process(cfg, device, n_parallel)
-
     task = task_spec.task(**constructor_kwargs(cfg.task))
     cell_kwargs = constructor_kwargs(cfg.cell)
-    model_kwargs = dict(
-        num_layers=cfg.model.num_layers, bidirectional=cfg.model.bidirectional, dropout=cfg.model.dropout
-    )
+    model_kwargs = dict(num_layers=cfg.model.num_layers, bidirectional=cfg.model.bidirectional,
+                        dropout=cfg.model.dropout)
     hidden = cfg.model.hidden_size
     if cfg.model.param_budget is not None:
         hidden = hidden_size_for_budget(cell_spec, cell_kwargs, task, cfg.model.param_budget, **model_kwargs)
-    seeds = [cfg.seed + k for k in range(cfg.trainer.seeds)]
-    models = [_seeded_model(cell_spec, cell_kwargs, task, hidden, cfg.model.fused, seed, model_kwargs, device)
-              for seed in seeds]
-    check_contract(models[0], task, registry.provenance("cell", cell_spec.name), cell_spec.name, device)
 
-    common_tags = dict(
-        process_tags,
-        **{
-            "rnnbench.cell": cell_spec.name,
-            "rnnbench.task": task_spec.name,
-            "rnnbench.cell.plugin": registry.provenance("cell", cell_spec.name),
-            "rnnbench.task.plugin": registry.provenance("task", task_spec.name),
-            "rnnbench.version": rnnbench_version(),
-            "rnnbench.torch": torch.__version__,
-            "rnnbench.overrides": " ".join(overrides or []),
-            "rnnbench.output_dir": str(output_dir),
-        },
-    )
-    commit = _git_commit()
+    def seeded_model(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)  # a model's initial weights depend on its seed only
+        return build_model(cell_spec, cell_kwargs, task, hidden, fused=cfg.model.fused, **model_kwargs).to(device)
+
+    check_contract(seeded_model(cfg.seed), task, registry.provenance("cell", cell_spec.name), cell_spec.name, device)
+    common_tags = dict(process_tags, **{
+        "rnnbench.cell": cell_spec.name,
+        "rnnbench.task": task_spec.name,
+        "rnnbench.cell.plugin": registry.provenance("cell", cell_spec.name),
+        "rnnbench.task.plugin": registry.provenance("task", task_spec.name),
+        "rnnbench.version": rnnbench_version(),
+        "rnnbench.torch": torch.__version__,
+        "rnnbench.overrides": " ".join(overrides or []),
+        "rnnbench.output_dir": str(output_dir),
+    })
+    commit = git_commit()
     if commit:
         common_tags["rnnbench.git_commit"] = commit
-    runs: list[_Run] = []
-    for seed, model in zip(seeds, models):
-        member_cfg = cfg.copy()
-        member_cfg.seed = seed
-        run = _Run.prepare(member_cfg, model, task, tracker if len(seeds) == 1 else None, original_cwd, output_dir)
-        if run is not None:
-            runs.append(run)
-    if not runs:
-        return []
-    path = "fused" if cfg.model.fused and cell_spec.fused else "loop"
-    if len(runs) > 1:
-        from rnnbench.seed_parallel import choose_path
-
-        path = f"seed_parallel:{choose_path(cell_spec, runs[0].model)}"
-        common_tags.update({"rnnbench.seed_parallel": str(len(runs)), "rnnbench.seed_parallel.group": runs[0].key})
-    for index, run in enumerate(runs):
-        params = dict(run.params, **{
-            "model.resolved_hidden_size": str(hidden),
-            "model.num_parameters": str(count_parameters(run.model)),
-            "model.path": path,
-        })
-        tags = dict(common_tags, **{"rnnbench.run_key": run.key})
-        if len(runs) == 1:
-            tags["rnnbench.checkpoint"] = str(run.checkpoint)
-        else:
-            tags["rnnbench.seed_parallel.index"] = str(index)
-        seed = run.cfg.seed
-        config_dir = output_dir if len(runs) == 1 else output_dir / f"seed_{seed}"
-        run.open(f"{cell_spec.name}-{task_spec.name}-T{task.dependency_length}-s{seed}", params, tags, config_dir)
-        log.info(
-            "run %s: %s on %s (T=%d, length %d), %d parameters, %s path, device %s, seed %d",
-            run.tracker.run_id, cell_spec.name, task_spec.name, task.dependency_length, task.sequence_length,
-            count_parameters(run.model), path, device, seed,
-        )
-
-    diagnostics = None
-    if len(runs) == 1:
-        diagnostics = Diagnostics.from_config(cfg.diagnostics, runs[0].model, task, device, output_dir)
-    elif cfg.diagnostics is not None and cfg.diagnostics.get("enabled", False):
-        log.warning("diagnostics are not measured for seed-parallel runs (trainer.seeds > 1)")
-    try:
-        with stop_on_signals() as stop_requested:
-            if len(runs) == 1:
-                run = runs[0]
-                results = [train(run.cfg, run.model, task, run.tracker, device, run.checkpoint, diagnostics,
-                                 stop_requested)]
-            else:
-                from rnnbench.seed_parallel import train_seeds
-
-                results = train_seeds(
-                    cfg, cell_spec, cell_kwargs, task, [r.cfg.seed for r in runs], [r.tracker for r in runs],
-                    device, hidden, models=[r.model for r in runs], stop_requested=stop_requested, **model_kwargs
-                )
-        if diagnostics is not None:
-            diagnostics.finish(runs[0].tracker)
-    except (KeyboardInterrupt, Interrupted):
-        for run in runs:
-            run.tracker.set_tags({"rnnbench.outcome": "interrupted"})
-            run.tracker.end("KILLED")
-        raise
-    except BaseException:
-        for run in runs:
-            run.tracker.end("FAILED")
-        raise
-    for run, result in zip(runs, results):
-        result.seed = run.cfg.seed
-        final_tags = {"rnnbench.outcome": result.outcome}
-        if result.diverged_step is not None:
-            final_tags["rnnbench.diverged_step"] = str(result.diverged_step)
-        run.tracker.set_tags(final_tags)
-        run.tracker.end("FINISHED")
+    seeds = identity.member_seeds(cfg.seed, cfg.trainer.seeds)
+    results: list[RunResult] = []
+    with ExitStack() as stack:
+        stop_requested = stack.enter_context(stop_on_signals())
+        plans = []
+        for seed in seeds:
+            key = identity.run_key(identity.member_resolved(OmegaConf.to_container(cfg, resolve=True), seed))
+            stack.enter_context(run_lock(identity.checkpoint_path(cfg.trainer.checkpoint_dir, original_cwd, key)))
+            plan = plan_member(cfg, seed, original_cwd, output_dir)
+            if plan is not None:
+                plans.append(plan)
+        align(plans)
+        for plan in [p for p in plans if p.resume is not None and "result" in p.resume]:
+            results.append(_close_finished(plan, common_tags))  # finished, but killed before its run was closed
+        plans = [p for p in plans if p.resume is None or "result" not in p.resume]
+        groups: dict[int, list[Plan]] = {}
+        for plan in plans:
+            groups.setdefault(plan.resume["step"] if plan.resume else 0, []).append(plan)
+        for group in groups.values():
+            results += _train_group(cfg, group, seeded_model, cell_spec, cell_kwargs, task, hidden, model_kwargs,
+                                    device, common_tags, output_dir, len(seeds), stop_requested)
     return results
 
 
-def _seeded_model(spec, cell_kwargs, task, hidden, fused, seed, model_kwargs, device) -> torch.nn.Module:
-    torch.manual_seed(seed)  # a model's initial weights depend on its seed only
-    return build_model(spec, cell_kwargs, task, hidden, fused=fused, **model_kwargs).to(device)
+def _close_finished(plan: Plan, tags: dict[str, str]) -> RunResult:
+    result: RunResult = plan.resume["result"]  # type: ignore[index]
+    if plan.run_id is not None or isinstance(plan.tracker, NullTracker):
+        plan.tracker.start("", {}, tags, run_id=plan.run_id)
+        plan.tracker.end("FINISHED")
+    return result
 
 
-class _Run:
-    """One tracked run: its config, run key, checkpoint, tracker, and whether it resumes an earlier run."""
-
-    def __init__(self, cfg: Any, model: torch.nn.Module, task: Any, key: str, resolved: dict, tracker: Tracker,
-                 checkpoint: Path, resume_id: str | None) -> None:
-        self.cfg, self.model, self.task, self.key, self.resolved = cfg, model, task, key, resolved
-        self.tracker, self.checkpoint, self.resume_id = tracker, checkpoint, resume_id
-        self.params = flatten(resolved)
-        self.params.update({f"task.{k}": str(v) for k, v in task.describe().items()
-                            if f"task.{k}" not in self.params})
-
-    @classmethod
-    def prepare(cls, cfg: Any, model: torch.nn.Module, task: Any, tracker: Tracker | None, original_cwd: Path,
-                output_dir: Path) -> _Run | None:
-        """Find what to do with this run: None when it already finished, else a new or resumed run."""
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        key = run_key(resolved)
-        tracker = tracker or make_tracker(cfg, original_cwd, output_dir)
-        ckpt_dir = Path(cfg.trainer.checkpoint_dir)
-        checkpoint = (ckpt_dir if ckpt_dir.is_absolute() else original_cwd / ckpt_dir) / f"{key}.pt"
-        resume_id: str | None = None
-        if cfg.trainer.resume:
-            earlier = tracker.find_runs(key)
-            finished = [rid for rid, status in earlier if status == "FINISHED"]
-            if finished:
-                log.info("skipped: run %s already finished this configuration (run key %s)", finished[0], key)
-                return None
-            if checkpoint.exists():
-                saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("run_id")
-                resume_id = saved if any(rid == saved for rid, _ in earlier) else None
-        if checkpoint.exists() and (not cfg.trainer.resume or (resume_id is None and not isinstance(tracker, NullTracker))):
-            checkpoint.unlink()  # a checkpoint whose run is gone: start afresh rather than mix two runs
-        return cls(cfg, model, task, key, resolved, tracker, checkpoint, resume_id)
-
-    def open(self, run_name: str, params: dict[str, str], tags: dict[str, str], config_dir: Path) -> None:
-        self.tracker.start(run_name, params, tags, run_id=self.resume_id)
-        if self.resume_id is None:
-            self.tracker.log_metrics({f"baseline/{k}": v for k, v in self.task.baseline().items()}, 0)
-            config_dir.mkdir(parents=True, exist_ok=True)
-            config_file = config_dir / "config.yaml"
-            config_file.write_text(OmegaConf.to_yaml(self.resolved))
-            self.tracker.log_artifact(config_file)
+def _train_group(cfg: Any, plans: list[Plan], seeded_model: Callable[[int], torch.nn.Module], cell_spec: Any,
+                 cell_kwargs: dict[str, Any], task: Any, hidden: int, model_kwargs: dict[str, Any],
+                 device: torch.device, common_tags: dict[str, str], output_dir: Path, job_members: int,
+                 stop_requested: Callable[[], int | None]) -> list[RunResult]:
+    """Open the runs of members that resume at the same step and train them as one population."""
+    models = [seeded_model(p.seed) for p in plans]
+    if len(plans) == 1:
+        population: Any = SinglePopulation(models[0])
+        path = population.path
+    else:
+        population = StackedPopulation(cell_spec, cell_kwargs, task, models, hidden, **model_kwargs)
+        path = f"seed_parallel:{population.path}"
+    members: list[Member] = []
+    try:
+        for index, plan in enumerate(plans):
+            params = identity.flatten(plan.resolved)
+            params.update({f"task.{k}": str(v) for k, v in task.describe().items() if f"task.{k}" not in params})
+            params.update({"model.resolved_hidden_size": str(hidden),
+                           "model.num_parameters": str(count_parameters(models[index])), "model.path": path})
+            tags = dict(common_tags, **{"rnnbench.run_key": plan.key, "rnnbench.checkpoint": str(plan.checkpoint),
+                                        "rnnbench.group_key": identity.group_key(plan.resolved)})
+            if len(plans) > 1:
+                tags.update({"rnnbench.seed_parallel": str(len(plans)), "rnnbench.seed_parallel.index": str(index)})
+            folder = output_dir if job_members == 1 else output_dir / f"seed_{plan.seed}"
+            name = f"{cfg.cell.name}-{cfg.task.name}-T{task.dependency_length}-s{plan.seed}"
+            plan.tracker.start(name, params, tags, run_id=plan.run_id)
+            if not plan.has_baseline:
+                plan.tracker.log_metrics({f"baseline/{k}": v for k, v in task.baseline().items()}, 0)
+            if plan.run_id is None:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "config.yaml").write_text(OmegaConf.to_yaml(plan.resolved))
+                plan.tracker.log_artifact(folder / "config.yaml")
+            diagnostics = Diagnostics.from_config(plan.cfg.diagnostics, models[index], task, device, folder)
+            members.append(Member(plan.seed, plan.tracker, plan.checkpoint, diagnostics, plan.resume,
+                                  plan.logged_through))
+            log.info("run %s: %s on %s (T=%d, length %d), %d parameters, %s path, device %s, seed %d%s",
+                     plan.tracker.run_id, cfg.cell.name, cfg.task.name, task.dependency_length,
+                     task.sequence_length, count_parameters(models[index]), path, device, plan.seed,
+                     f", resuming at step {plan.resume['step']}" if plan.resume else "")
+        return train(cfg, population, task, members, device, stop_requested)
+    except (KeyboardInterrupt, Interrupted):
+        for m in members:
+            if m.result is None:
+                m.tracker.set_tags({"rnnbench.outcome": "interrupted"})
+                m.tracker.end("KILLED")
+        raise
+    except BaseException:
+        for m in members:
+            if m.result is None:
+                m.tracker.end("FAILED")
+        raise

@@ -1,38 +1,42 @@
-"""One training run: seeded data streams, the optimisation loop, clipping, held-out evaluation, early stop,
-divergence detection and atomic checkpoints. Returns the run's final metrics and outcome.
+"""The training loop: one loop for a population of K >= 1 members of one configuration, trained in lockstep.
+
+Every feature exists once and works for every K: seeded data streams, clipping per member, periodic held-out
+checks, early stop confirmed by the final evaluation, divergence detection, diagnostics, atomic checkpoints and
+bit-identical resume (per member, with every RNG state and counter), a stop at a step boundary on a signal,
+progress, and the final evaluation that decides each member's outcome (:mod:`rnnbench.evaluation`).
 
 The hot loop never synchronises with the device: losses and gradient norms stay tensors until a flush every
-``trainer.log_every`` steps, where they are checked for finiteness and handed to the tracker's buffer. The
-buffer reaches the store at every checkpoint, so a run resumed after a crash never logs a step twice.
+``trainer.log_every`` steps (and at every check and checkpoint), where they are checked for finiteness and handed
+to the members' trackers. Trackers send buffered metrics to the store right before every checkpoint, so a run
+resumed after a crash recomputes, bit for bit, exactly the steps whose metrics had not reached the store; steps a
+resumed member had already logged (``Member.logged_through``) are recomputed silently.
+
+When a member finishes (solved and confirmed, diverged, or out of steps) the loop logs its final metrics and
+diagnostics, writes a final checkpoint holding its result, and closes its run ``FINISHED``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
-import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
+from rnnbench import checkpoint as ckpt
 from rnnbench.base import Task
+from rnnbench.evaluation import Evaluation, evaluate, generator, outcome_of
+from rnnbench.faults import fault
+from rnnbench.population import Population
+from rnnbench.progress import Progress
 from rnnbench.tracking import Tracker
 
 log = logging.getLogger("rnnbench")
-
-
-def stream_seed(seed: int, stream: str) -> int:
-    """An independent 63-bit seed for a named data stream (``train``, ``eval:3``...) of a run seed."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:8], "little") >> 1
+CHECKPOINT_FORMAT = 2
 
 
 def make_optimizer(cfg: Any, params: Any) -> torch.optim.Optimizer:
@@ -50,252 +54,261 @@ def make_optimizer(cfg: Any, params: Any) -> torch.optim.Optimizer:
 
 @dataclass
 class RunResult:
+    """A member's result: ``metrics`` are the final evaluation's (unprefixed) plus ``train/clip_fraction`` and
+    ``time/steps_per_second``; ``step`` is the last step trained, or the first non-finite step if diverged."""
+
     outcome: str
     step: int
     metrics: dict[str, float]
     baseline: dict[str, float]
     diverged_step: int | None = None
-    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     seed: int | None = None
 
 
 class Interrupted(Exception):
-    """Raised in the main thread on SIGTERM/SIGINT so the run can checkpoint and close cleanly."""
+    """Raised on SIGTERM/SIGINT after the population checkpointed at a step boundary."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+@dataclass
+class Member:
+    """One run of the population: where it records, its checkpoint and diagnostics, and its loop state."""
+
+    seed: int
+    tracker: Tracker
+    checkpoint: Path | None = None
+    diagnostics: Any = None
+    resume: dict[str, Any] | None = None
+    """A loaded checkpoint to resume from (all members of a population share its step)."""
+    logged_through: int = 0
+    """Steps up to this one already reached the store; their metrics are not logged again."""
+    train_gen: torch.Generator | None = None
+    eval_index: int = 0
+    finals: int = 0
+    last_eval: dict[str, float] = field(default_factory=dict)
+    clipped_steps: int = 0
+    started_step: int = 0
+    result: RunResult | None = None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if step > self.logged_through and metrics:
+            self.tracker.log_metrics(metrics, step)
 
 
-def _rng_state(train_gen: torch.Generator) -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "train": train_gen.get_state(),
+def _checkpoint_state(population: Population, optimizer: torch.optim.Optimizer, k: int, m: Member,
+                      step: int) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "step": step,
+        "weights": population.member_weights(k),
+        "optimizer": population.member_optimizer_state(optimizer, k),
+        "rng": ckpt.global_rng_state(),
+        "train_gen": m.train_gen.get_state() if m.train_gen is not None else None,
+        "eval_index": m.eval_index,
+        "finals": m.finals,
+        "last_eval": m.last_eval,
+        "clipped_steps": m.clipped_steps,
+        "diagnostics": m.diagnostics.state() if m.diagnostics is not None else None,
+        "run_id": m.tracker.run_id,
+        "seed": m.seed,
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], train_gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    train_gen.set_state(state["train"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class Progress:
-    """A tqdm bar in an interactive terminal, periodic log lines otherwise."""
-
-    def __init__(self, mode: str, total: int, initial: int, label: str) -> None:
-        interactive = sys.stderr.isatty()
-        self.mode = ("bar" if interactive else "log") if mode == "auto" else mode
-        self.bar = None
-        self.label = label
-        if self.mode == "bar":
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc=label, dynamic_ncols=True, leave=False)
-
-    def update(self, step: int, advanced: int, values: dict[str, float]) -> None:
-        text = " ".join(f"{k}={v:.4g}" for k, v in values.items())
-        if self.bar is not None:
-            self.bar.update(advanced)
-            self.bar.set_postfix_str(text, refresh=False)
-        elif self.mode == "log":
-            log.info("%s step %d %s", self.label, step, text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def evaluate(model: nn.Module, task: Task, cfg: Any, index: int, device: torch.device) -> dict[str, float]:
-    """Mean metrics over ``trainer.eval_batches`` fresh batches of the held-out stream ``eval:<index>``."""
-    gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, f"eval:{index}"))
-    was_training = model.training
-    model.eval()
-    totals: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for _ in range(cfg.trainer.eval_batches):
-            batch = task.sample(cfg.trainer.batch_size, gen)
-            for key, value in task.metrics(model(batch.x), batch).items():
-                totals[key] = totals.get(key, 0) + value.detach().float()
-    model.train(was_training)
-    return {key: float(value) / cfg.trainer.eval_batches for key, value in totals.items()}
-
-
-def outcome_of(metrics: dict[str, float], baseline: dict[str, float], cfg: Any) -> str:
-    if metrics.get("accuracy", 0.0) >= cfg.trainer.solved_threshold:
-        return "solved"
-    if metrics.get("loss", math.inf) >= (1.0 - cfg.trainer.baseline_margin) * baseline["loss"]:
-        return "at_baseline"
-    return "learning"
 
 
 def train(
     cfg: Any,
-    model: nn.Module,
+    population: Population,
     task: Task,
-    tracker: Tracker,
+    members: list[Member],
     device: torch.device,
-    checkpoint: Path | None = None,
-    on_step: Callable[[int, nn.Module], dict[str, float] | None] | None = None,
     stop_requested: Callable[[], int | None] | None = None,
-) -> RunResult:
-    """Train ``model`` on ``task`` for ``cfg.trainer.steps`` steps (resuming from ``checkpoint`` if it exists).
-
-    ``on_step(step, model)`` is called after every optimiser step (diagnostics decide their own interval);
-    metrics it returns are logged at that step. ``stop_requested()`` is polled between steps; a signal number
-    makes the run checkpoint at that step boundary and raise :class:`Interrupted`.
-    """
+) -> list[RunResult]:
+    """Train ``population`` (member k is ``members[k]``) for ``cfg.trainer.steps`` steps; returns one result per
+    member, in order. A stop request (a signal number) checkpoints every running member and raises
+    :class:`Interrupted`."""
     t = cfg.trainer
-    model.to(device).train()
-    optimizer = make_optimizer(cfg.optim, model.parameters())
-    train_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "train"))
+    K = population.size
+    optimizer = make_optimizer(cfg.optim, population.parameters())
     baseline = task.baseline()
-    step, eval_index, last_eval = 0, 0, {}
-    history: dict[str, list[tuple[int, float]]] = {}
-
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], train_gen)
-        step, eval_index, last_eval = state["step"], state["eval_index"], state["last_eval"]
-        log.info("resumed from %s at step %d", checkpoint, step)
-
-    def save_checkpoint() -> None:
-        """Send buffered metrics to the store, then write the checkpoint: a resumed run recomputes, bit for
-        bit, exactly the steps whose metrics had not reached the store."""
-        tracker.flush()
-        if checkpoint is not None:
-            atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": _rng_state(train_gen),
-                    "step": step,
-                    "eval_index": eval_index,
-                    "last_eval": last_eval,
-                    "run_id": tracker.run_id,
-                },
-                checkpoint,
-            )
-
-    losses: list[torch.Tensor] = []
-    norms: list[torch.Tensor] = []
-    first_pending = step + 1
     clip = t.grad_clip
-    params = [p for p in model.parameters() if p.requires_grad]
-    progress = Progress(t.progress, t.steps, step, f"{cfg.cell.name}/{cfg.task.name}")
-    diverged_step: int | None = None
-    clipped_steps = 0
-    started, started_step = time.perf_counter(), step
+    norm_clip = clip is not None and t.clip_mode == "norm"
+    chunk = max(1, min(4 * t.batch_size, t.final_eval_sequences))
+    step = 0
+    for m in members:
+        m.train_gen = generator(m.seed, "train", device)
+    if members[0].resume is not None:
+        step = members[0].resume["step"]
+        population.load_members(optimizer, [m.resume["weights"] for m in members],
+                                [m.resume["optimizer"] for m in members])
+        ckpt.set_global_rng_state(members[0].resume["rng"])
+        for m in members:
+            r = m.resume
+            m.train_gen.set_state(r["train_gen"])
+            m.eval_index, m.finals, m.last_eval, m.clipped_steps = (
+                r["eval_index"], r["finals"], dict(r["last_eval"]), r["clipped_steps"])
+            if m.diagnostics is not None and r.get("diagnostics") is not None:
+                m.diagnostics.load_state(r["diagnostics"])
+        log.info("resumed %d run(s) at step %d", K, step)
+    for m in members:
+        m.started_step = step
+    active = list(range(K))
+    rows: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, (K,) losses, (K,) norms), NaN if not run
+    progress = Progress(t.progress, t.steps, step, f"{cfg.cell.name}/{cfg.task.name}" + (f" x{K}" if K > 1 else ""))
+    started = time.perf_counter()
 
-    def flush() -> int | None:
-        """Hand buffered step metrics to the tracker; returns the first non-finite step, if any."""
-        nonlocal losses, norms, first_pending, clipped_steps
-        if not losses:
-            return None
-        loss_values = torch.stack(losses).tolist()
-        norm_values = torch.stack(norms).tolist()
-        bad = None
-        for offset, (lv, nv) in enumerate(zip(loss_values, norm_values)):
-            s = first_pending + offset
-            if not (math.isfinite(lv) and math.isfinite(nv)):
-                bad = s
-                break
-            tracker.log_metrics({"train/loss": lv, "train/grad_norm": nv}, s)
-            history.setdefault("train/loss", []).append((s, lv))
-            if clip is not None and t.clip_mode == "norm" and nv > clip:
-                clipped_steps += 1
-        progress.update(
-            first_pending + len(loss_values) - 1, len(loss_values), {"loss": loss_values[-1]} | last_eval_short()
-        )
-        first_pending += len(loss_values)
-        losses, norms = [], []
-        tracker.heartbeat()
-        return bad
+    def finish(k: int, outcome: str, final: Evaluation | None, at: int, diverged_step: int | None = None) -> None:
+        """Close member k: final metrics, diagnostics, a final checkpoint with its result, run FINISHED."""
+        m = members[k]
+        active.remove(k)
+        population.freeze(k)
+        elapsed = time.perf_counter() - started
+        trained = max(at - m.started_step, 1)
+        summary = {
+            "time/steps_per_second": trained / elapsed if elapsed > 0 else 0.0,
+            "train/clip_fraction": m.clipped_steps / max(at, 1) if norm_clip else 0.0,
+        }
+        metrics = dict(final.metrics) if final is not None else {}
+        logged = {f"final/{key}": v for key, v in metrics.items()}
+        if final is not None:
+            logged["final/loss_se"] = final.loss_se
+            logged["final/sequences"] = float(final.sequences)
+        m.log(logged | summary, at)
+        if m.diagnostics is not None:
+            m.diagnostics.finish(m.tracker, population.model_of(k), at)
+        m.result = RunResult(outcome, diverged_step or at, metrics | summary, baseline, diverged_step, m.seed)
+        tags = {"rnnbench.outcome": outcome}
+        if diverged_step is not None:
+            tags["rnnbench.diverged_step"] = str(diverged_step)
+        m.tracker.set_tags(tags)
+        m.tracker.flush()
+        if m.checkpoint is not None:
+            state = _checkpoint_state(population, optimizer, k, m, at)
+            state["result"] = m.result
+            ckpt.save(state, m.checkpoint)
+        m.tracker.end("FINISHED")
 
-    def last_eval_short() -> dict[str, float]:
-        return {"acc": last_eval["accuracy"]} if "accuracy" in last_eval else {}
+    def flush() -> None:
+        """Hand buffered step metrics to the trackers; a member with a non-finite value diverged there."""
+        if not rows:
+            return
+        losses = torch.stack([r[1] for r in rows]).tolist()
+        norms = torch.stack([r[2] for r in rows]).tolist()
+        steps = [r[0] for r in rows]
+        rows.clear()
+        for k in list(active):
+            m = members[k]
+            for s, lr, nr in zip(steps, losses, norms):
+                lv, nv = lr[k], nr[k]
+                if not (math.isfinite(lv) and math.isfinite(nv)):
+                    finish(k, "diverged", None, s, diverged_step=s)
+                    break
+                m.log({"train/loss": lv, "train/grad_norm": nv}, s)
+                if norm_clip and nv > clip:
+                    m.clipped_steps += 1
+            m.tracker.heartbeat()
+        shown: dict[str, float] = {"loss": sum(losses[-1][k] for k in active) / len(active)} if active else {}
+        accs = [members[k].last_eval["accuracy"] for k in active if "accuracy" in members[k].last_eval]
+        if accs:
+            shown["acc"] = sum(accs) / len(accs)
+        progress.update(steps[-1], len(steps), shown)
+
+    def final_evaluation(ks: list[int]) -> dict[int, Evaluation]:
+        for k in ks:
+            members[k].finals += 1
+        return _evaluate_members(population, task, members, ks, "final", t.final_eval_sequences, chunk, device)
+
+    def save_checkpoints() -> None:
+        for k in active:
+            members[k].tracker.flush()
+        for k in active:
+            m = members[k]
+            if m.checkpoint is not None:
+                ckpt.save(_checkpoint_state(population, optimizer, k, m, step), m.checkpoint)
 
     try:
-        while step < t.steps:
+        while step < t.steps and active:
             signum = stop_requested() if stop_requested is not None else None
             if signum is not None:
+                flush()
+                save_checkpoints()
                 raise Interrupted(signum)
             step += 1
-            batch = task.sample(t.batch_size, train_gen)
-            loss = task.loss(model(batch.x), batch)
+            running = list(active)
+            batches = [task.sample(t.batch_size, members[k].train_gen) for k in running]
+            outs = population.forward([b.x for b in batches], running)
+            losses = [task.loss(out, batch) for out, batch in zip(outs, batches)]
+            loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if clip is not None and t.clip_mode == "norm":
-                norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            else:
-                norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-                if clip is not None:
-                    torch.nn.utils.clip_grad_value_(params, clip)
+            norms = population.clip_(clip, t.clip_mode)
             optimizer.step()
-            losses.append(loss.detach())
-            norms.append(norm.detach())
-            if on_step is not None:
-                extra = on_step(step, model)
-                if extra:
-                    tracker.log_metrics(extra, step)
+            population.after_step()
+            if len(running) == K:
+                row = torch.stack(losses).detach() if K > 1 else loss.detach().reshape(1)
+            else:
+                idle = [k for k in range(K) if k not in running]
+                row = torch.full((K,), math.nan, device=device)
+                row[running] = torch.stack(losses).detach()
+                norms = norms.detach().clone()
+                norms[idle] = math.nan
+            rows.append((step, row, norms.detach()))
+            for k in running:
+                d = members[k].diagnostics
+                if d is not None and d.due(step):
+                    members[k].log(d.measure(step, population.model_of(k)) or {}, step)
+            if step == 1:
+                fault("train.before_first_checkpoint")
 
             do_eval = step % t.eval_every == 0 or step == t.steps
-            if step % t.log_every == 0 or do_eval or step % t.checkpoint_every == 0:
-                diverged_step = flush()
-                if diverged_step is not None:
-                    break
-            if do_eval:
-                eval_index += 1
-                last_eval = evaluate(model, task, cfg, eval_index, device)
-                if not all(math.isfinite(v) for v in last_eval.values()):
-                    diverged_step = step
-                    break
-                tracker.log_metrics({f"eval/{k}": v for k, v in last_eval.items()}, step)
-                for k, v in last_eval.items():
-                    history.setdefault(f"eval/{k}", []).append((step, v))
-            if step % t.checkpoint_every == 0 or (do_eval and step == t.steps):
-                save_checkpoint()
-            if do_eval and t.early_stop and last_eval.get("accuracy", 0.0) >= t.solved_threshold:
-                break
-    except (KeyboardInterrupt, Interrupted):
-        if flush() is None:
-            save_checkpoint()
-        progress.close()
-        raise
+            checkpoint_now = step % t.checkpoint_every == 0 and step < t.steps
+            if step % t.log_every == 0 or do_eval or checkpoint_now:
+                flush()
+            if do_eval and active:
+                for k in active:
+                    members[k].eval_index += 1
+                checks = _evaluate_members(population, task, members, list(active), "eval",
+                                           t.eval_batches * t.batch_size, t.batch_size, device)
+                confirm = []
+                for k, ev in checks.items():
+                    m = members[k]
+                    if not ev.finite:
+                        finish(k, "diverged", None, step, diverged_step=step)
+                        continue
+                    m.last_eval = ev.metrics
+                    m.log({f"eval/{key}": v for key, v in ev.metrics.items()}, step)
+                    if t.early_stop and step < t.steps and ev.metrics.get("accuracy", 0.0) >= t.solved_threshold:
+                        confirm.append(k)
+                for k, ev in (final_evaluation(confirm) if confirm else {}).items():
+                    if ev.finite and ev.metrics.get("accuracy", 0.0) >= t.solved_threshold:
+                        finish(k, "solved", ev, step)
+                    else:
+                        members[k].log({"confirm/accuracy": ev.metrics.get("accuracy", math.nan)}, step)
+            if checkpoint_now and active:
+                save_checkpoints()
+        flush()
+        fault("train.after_last_step")
+        if active:
+            for k, ev in final_evaluation(list(active)).items():
+                if ev.finite:
+                    finish(k, outcome_of(ev, baseline, t), ev, step)
+                else:
+                    finish(k, "diverged", None, step, diverged_step=step)
     finally:
         progress.close()
+    return [m.result for m in members]  # type: ignore[misc]
 
-    if diverged_step is not None:
-        metrics = {k: v for k, v in last_eval.items()}
-        result = RunResult("diverged", step, metrics, baseline, diverged_step, history)
-    else:
-        if not last_eval:
-            eval_index += 1
-            last_eval = evaluate(model, task, cfg, eval_index, device)
-        result = RunResult(outcome_of(last_eval, baseline, cfg), step, dict(last_eval), baseline, None, history)
-    elapsed = time.perf_counter() - started
-    done_steps = max(step - started_step, 1)
-    summary = {
-        "time/steps_per_second": done_steps / elapsed if elapsed > 0 else 0.0,
-        "train/clip_fraction": clipped_steps / done_steps if clip is not None and t.clip_mode == "norm" else 0.0,
-    }
-    tracker.log_metrics(summary, step)
-    result.metrics.update(summary)
-    return result
+
+def _evaluate_members(population: Population, task: Task, members: list[Member], ks: list[int], kind: str,
+                      sequences: int, chunk: int, device: torch.device) -> dict[int, Evaluation]:
+    """Evaluate members ``ks`` on their streams ``<kind>:<i>`` (``i`` their ``eval_index`` or ``finals``
+    count): one batched evaluation per stream name."""
+    by_stream: dict[str, dict[int, int]] = {}
+    for k in ks:
+        index = members[k].eval_index if kind == "eval" else members[k].finals
+        by_stream.setdefault(f"{kind}:{index}", {})[k] = members[k].seed
+    out: dict[int, Evaluation] = {}
+    for stream, seeds in by_stream.items():
+        out.update(evaluate(population, task, seeds, stream, sequences, chunk, device))
+    return out
