@@ -140,7 +140,8 @@ class StackedPopulation(Population):
     :meth:`model_of` keeps in sync."""
 
     def __init__(self, spec: CellSpec, cell_kwargs: dict[str, Any], task: Task, models: list[SequenceModel],
-                 hidden_size: int, num_layers: int, bidirectional: bool, dropout: float, path: str = "auto") -> None:
+                 hidden_size: int, num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
+                 path: str = "auto") -> None:
         self.models, self.size = models, len(models)
         states = [loop_named_parameters(m) for m in models]
         self.names = list(states[0])

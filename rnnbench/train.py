@@ -175,8 +175,9 @@ def train(
             logged["final/loss_se"] = final.loss_se
             logged["final/sequences"] = float(final.sequences)
         m.log(logged | summary, at)
+        model = population.model_of(k)  # the member's model object holds its final weights
         if m.diagnostics is not None:
-            m.diagnostics.finish(m.tracker, population.model_of(k), at)
+            m.diagnostics.finish(m.tracker, model, at)
         m.result = RunResult(outcome, diverged_step or at, metrics | summary, baseline, diverged_step, m.seed)
         tags = {"rnnbench.outcome": outcome}
         if diverged_step is not None:

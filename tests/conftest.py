@@ -89,3 +89,16 @@ def cli(tmp_path) -> Iterator[Callable[..., subprocess.CompletedProcess]]:
         return run_cli(list(args), tmp_path, env=env, check=check, timeout=timeout)
 
     yield _cli
+
+
+def train_one(cfg, model, task, tracker=None, diagnostics=None):
+    """The training loop on one model (a population of one), as a single run trains; returns its result."""
+    import torch
+
+    from rnnbench.population import SinglePopulation
+    from rnnbench.tracking import NullTracker
+    from rnnbench.train import Member, train
+
+    member = Member(cfg.seed, tracker if tracker is not None else NullTracker(), diagnostics=diagnostics)
+    (result,) = train(cfg, SinglePopulation(model), task, [member], torch.device("cpu"))
+    return result

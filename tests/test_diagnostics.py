@@ -1,5 +1,5 @@
 """Diagnostics: gradient norm through time against the analytic Jacobian product, spectra, gate saturation,
-the fused loop copy, the figures and artifacts, and the ``gradient_flow`` preset."""
+the loop twin of a fused encoder, the figures and artifacts, and the ``gradient_flow`` preset."""
 
 from __future__ import annotations
 
@@ -14,13 +14,12 @@ from rnnbench.base import Batch
 from rnnbench.diagnostics import (
     Diagnostics,
     DiagnosticsSettings,
-    gradient_flow_figure,
     gradient_summary,
     hidden_state_gradients,
-    load_run_arrays,
-    loop_copy,
     spectra,
 )
+from rnnbench.diagnostics_figures import gradient_flow_figure
+from rnnbench.diagnostics_runs import load_run_arrays
 from rnnbench.errors import ConfigError
 from rnnbench.layers import LoopEncoder
 from rnnbench.model import SequenceModel, build_model
@@ -128,7 +127,7 @@ def test_large_recurrent_weights_grow(registry):
 
 @pytest.mark.parametrize(("cell", "layers", "bidirectional"), [("rnn_tanh", 1, False), ("gru", 1, False),
                                                                 ("lstm", 2, True)])
-def test_loop_copy_of_a_fused_model_computes_the_same(registry, cell, layers, bidirectional):
+def test_loop_twin_of_a_fused_model_computes_the_same(registry, cell, layers, bidirectional):
     task = adding(registry, 7)
     spec = registry.cell(cell)
     torch.manual_seed(0)
@@ -137,7 +136,7 @@ def test_loop_copy_of_a_fused_model_computes_the_same(registry, cell, layers, bi
     loop = build_model(spec, {}, task, 5, num_layers=layers, bidirectional=bidirectional, fused=False).double()
     loop.head.load_state_dict(fused.head.state_dict())  # the fused module's own init draws from the RNG first
     batch = batch64(task, 3)
-    copy = loop_copy(fused.encoder)
+    copy = fused.encoder.loop_twin()
     torch.testing.assert_close(copy(batch.x), fused.encoder(batch.x), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(hidden_state_gradients(fused, task, batch), hidden_state_gradients(loop, task, batch),
                                rtol=1e-9, atol=1e-14)
@@ -155,7 +154,7 @@ def test_spectra_of_known_matrices(registry):
     assert values["diag/sigma_max/weight_hh_l0"] > 10
 
     lstm = build_model(registry.cell("lstm"), {}, task, 4, num_layers=2, bidirectional=True, fused=True)
-    keys = set(spectra(loop_copy(lstm.encoder)))
+    keys = set(spectra(lstm.encoder.loop_twin()))
     assert {f"diag/spectral_radius/weight_hh_l1_reverse_block{j}" for j in range(4)} <= keys
     assert "diag/sigma_max/weight_hh_l0" in keys
 
@@ -196,14 +195,13 @@ def test_diagnostics_lifecycle_and_artifacts(registry, tmp_path):
         {"every": 2, "batch_size": 4, "cell": "rnn_tanh", "task": "adding", "dependency_length": 12},
         model, task, torch.device("cpu"), tmp_path,
     )
-    assert diag(1, model) is None
-    metrics = diag(2, model)
+    assert not diag.due(1) and diag.due(2) and not diag.due(3)
+    metrics = diag.measure(2, model)
     assert metrics and all(math.isfinite(v) for v in metrics.values())
     assert {"diag/grad_ratio_first_last", "diag/grad_decay_per_100_steps", "diag/sigma_max/weight_hh_l0",
             "diag/spectral_radius/weight_hh_l0", "diag/seconds"} <= set(metrics)
-    assert diag(3, model) is None
     tracker = RecordingTracker()
-    diag.finish(tracker)  # measures step 3, the last one seen
+    diag.finish(tracker, model, 3)  # measures step 3, the last one
     assert [s for s, _ in tracker.metrics["diag/grad_norm_last"]] == [3]
     names = {p.name: a for p, a in tracker.artifacts}
     assert names == {"gradient_flow.json": "diagnostics", "gradient_heatmap.png": "diagnostics",
@@ -220,9 +218,9 @@ def test_non_finite_weights_are_skipped_not_logged(registry, tmp_path):
     diag = Diagnostics(settings(), model, task, torch.device("cpu"), tmp_path)
     with torch.no_grad():
         model.encoder.cells()[0].weight_hh.fill_(float("nan"))
-    assert diag(2, model) is None
+    assert diag.measure(2, model) is None
     tracker = RecordingTracker()
-    diag.finish(tracker)
+    diag.finish(tracker, model, 2)
     assert tracker.metrics == {}
     raw = json.loads((tmp_path / "diagnostics" / "gradient_flow.json").read_text())
     assert raw["skipped_steps"] == [2] and raw["steps"] == [] and raw["error"] is None
@@ -287,11 +285,12 @@ def test_a_real_run_logs_diagnostics(cli, mlflow_uri):
 
 def test_diagnostics_do_not_change_training(compose, registry, tmp_path):
     from rnnbench.config import constructor_kwargs
+    from conftest import train_one
     from rnnbench.tracking import NullTracker
-    from rnnbench.train import train
 
     cfg = compose("trainer=smoke", "trainer.steps=6", "tracking=none", "cell=lstm", "model.hidden_size=6",
-                  "task.dependency_length=8", "diagnostics.every=2", "model.dropout=0.0")
+                  "task.dependency_length=8", "diagnostics.every=2", "model.dropout=0.0",
+                  "trainer.final_eval_sequences=64")
     task = registry.task("adding").task(**constructor_kwargs(cfg.task))
     finals = []
     for on in (True, False):
@@ -299,7 +298,7 @@ def test_diagnostics_do_not_change_training(compose, registry, tmp_path):
         model = build_model(registry.cell("lstm"), {}, task, 6, fused=False)
         diag = Diagnostics.from_config(cfg.diagnostics, model, task, torch.device("cpu"), tmp_path) if on else None
         tracker = NullTracker()
-        train(cfg, model, task, tracker, torch.device("cpu"), on_step=diag)
+        train_one(cfg, model, task, tracker, diag)
         assert ("diag/grad_norm_last" in tracker.metrics) == on
         finals.append(torch.nn.utils.parameters_to_vector(model.parameters()).detach())
     assert torch.equal(finals[0], finals[1])

@@ -10,7 +10,7 @@ import torch
 from rnnbench.config import constructor_kwargs
 from rnnbench.model import build_model
 from rnnbench.tracking import NullTracker
-from rnnbench.train import train
+from conftest import train_one
 
 NORMAL_OUTCOMES = {"solved", "learning", "at_baseline"}
 
@@ -26,7 +26,7 @@ def one_sgd_step(compose, registry, *overrides: str) -> tuple[torch.Tensor, floa
     model = build_model(registry.cell(cfg.cell.name), constructor_kwargs(cfg.cell), task, cfg.model.hidden_size)
     before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
     tracker = NullTracker()
-    result = train(cfg, model, task, tracker, torch.device("cpu"))
+    result = train_one(cfg, model, task, tracker)
     assert result.outcome != "diverged"
     rounding = 2 * torch.finfo(torch.float32).eps * float(before.abs().max() + 1)
     return torch.nn.utils.parameters_to_vector(model.parameters()).detach() - before, rounding, tracker

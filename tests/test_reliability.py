@@ -64,7 +64,7 @@ def test_sigkill_then_same_command_resumes_into_the_same_run_with_identical_resu
     assert logged_before < 300
 
     again = run_cli(args, tmp_path, check=True)
-    assert "resumed from" in again.stdout + again.stderr
+    assert "resumed 1 run(s) at step" in again.stdout + again.stderr
     client, resumed = only_run(mlflow_uri)
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
     for key, expected in reference.items():
