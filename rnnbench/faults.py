@@ -3,7 +3,7 @@ itself with SIGKILL when it reaches that point, so a test can crash it at a prec
 
 Points: ``store.migrate``, ``checkpoint.write`` (a checkpoint written but not yet renamed into place),
 ``train.before_first_checkpoint``, ``train.after_last_step``, ``sweep.report``. ``<point>@<n>`` fires on the
-n-th time the point is reached (1-based).
+n-th time the point is reached (1-based); ``<point>:term`` (or ``:int``) sends SIGTERM (SIGINT) instead of SIGKILL.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ def fault(point: str) -> None:
     wanted = os.environ.get(ENV)
     if not wanted:
         return
+    wanted, _, how = wanted.partition(":")
     name, _, nth = wanted.partition("@")
     if name != point:
         return
     _seen[point] = _seen.get(point, 0) + 1
     if not nth or _seen[point] == int(nth):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), {"term": signal.SIGTERM, "int": signal.SIGINT}.get(how, signal.SIGKILL))

@@ -7,14 +7,19 @@ sweep's parent run and exports ``RNNBENCH_PARENT_RUN_ID`` / ``RNNBENCH_EXPERIMEN
 process or in a launcher's worker started afterwards, creates its run as a child of the parent in that
 experiment.
 
-Each job appends its run keys and Hydra status to ``<sweep dir>/.rnnbench/jobs-<parent>.jsonl``
-(``on_job_end``, in the job's process). When the sweep ends the callback looks up every job's run by run key:
-jobs that a re-run skipped because an identical run had already finished are covered by those earlier runs,
-which are listed in the parent's ``sweep/runs.json`` artifact and tag ``rnnbench.sweep.reused_runs``; the
-report then covers the whole grid (``rnnbench report --parent`` reads the same list).
+When the sweep starts, the callback writes its plan to ``<sweep dir>/.rnnbench/jobs-<parent>.jsonl``: one
+``"event": "plan"`` line per job the (basic) sweeper will launch, with the run keys, seeds, group key and
+settings of the job's member runs (``rnnbench.identity``). Each job appends the same from its own config, with
+its Hydra status, when it ends (``on_job_end``, in the job's process). The report counts every planned seed in
+its denominator, so a job that never ran, or was killed, is a failure there, not a gap.
+
+When the sweep ends the callback looks up every planned job's run by run key: jobs that a re-run skipped because
+an identical run had already finished are covered by those earlier runs, which are listed in the parent's
+``sweep/runs.json`` artifact (with the manifest's lines and the plan) and tag ``rnnbench.sweep.reused_runs``;
+the report then covers the whole grid (``rnnbench report --parent`` reads the same file).
 
 ``on_multirun_end`` logs the report to the parent and closes it FINISHED, or FAILED when a job failed (an
-exception, a user error recorded in ``RNNBENCH_FAILURES_FILE``, or a job without a finished run). A diverged
+exception, a user error recorded in ``RNNBENCH_FAILURES_FILE``, or a planned job without a finished run). A diverged
 run is a result, not a failure. Hydra skips ``on_multirun_end`` when a job raised, so an ``atexit`` handler
 closes a parent that is still open (FAILED), and a later run in the same process clears the sweep's
 environment variables first.
@@ -37,6 +42,7 @@ from hydra.experimental.callback import Callback
 
 from rnnbench.cli import FAILURES_ENV
 from rnnbench.errors import RnnbenchError, TrackingError
+from rnnbench.report_plan import Plan, ended_jobs, plan_from_jobs, planned_jobs
 from rnnbench.tracking import EXPERIMENT_ENV, PARENT_RUN_ENV
 
 log = logging.getLogger("rnnbench")
@@ -135,41 +141,91 @@ def start_sweep(config: Any, cwd: Path | None = None) -> SweepState:
     return _active
 
 
-def job_run_keys(job_cfg: Any) -> list[str]:
-    """The run keys of a job's runs: one, or one per member with ``trainer.seeds`` > 1 (seeds seed, seed+1...)."""
+def job_members(job_cfg: Any) -> dict[str, Any]:
+    """What a job will run, for the manifest: its members' ``run_keys`` and ``seeds``, and the ``group_key`` and
+    ``settings`` (every resolved setting but the seed) they share (``rnnbench.identity``)."""
     from omegaconf import OmegaConf
 
-    from rnnbench.runner import run_key
+    from rnnbench import identity
 
-    members = int(OmegaConf.select(job_cfg, "trainer.seeds", default=1) or 1)
-    keys = []
-    for k in range(members):
-        member = job_cfg.copy()
-        member.seed = job_cfg.seed + k
-        keys.append(run_key(OmegaConf.to_container(member, resolve=True)))
-    return keys
+    resolved = OmegaConf.to_container(job_cfg, resolve=True)
+    if "hydra" in resolved:
+        resolved.pop("hydra")
+    members = int(resolved.get("trainer", {}).get("seeds", 1) or 1)
+    return {
+        "run_keys": identity.job_run_keys(resolved),
+        "seeds": identity.member_seeds(int(resolved["seed"]), members),
+        "group_key": identity.group_key(resolved),
+        "settings": identity.group_settings(identity.flatten(resolved)),
+    }
+
+
+def job_run_keys(job_cfg: Any) -> list[str]:
+    """The run keys of a job's runs: one, or one per member with ``trainer.seeds`` > 1 (seeds seed, seed+1...)."""
+    return job_members(job_cfg)["run_keys"]
+
+
+def _append(manifest: Path, lines: list[dict[str, Any]]) -> None:
+    with open(manifest, "a") as fh:  # one write per call: short appends from concurrent jobs do not interleave
+        fh.write("".join(json.dumps(line) + "\n" for line in lines))
 
 
 def record_job(manifest: Path, config: Any, job_return: Any) -> None:
-    """Append this job's run keys and Hydra status to the sweep's manifest (one short atomic append)."""
+    """Append this job's members and Hydra status to the sweep's manifest (one short atomic append)."""
     from omegaconf import OmegaConf
 
-    keys: list[str] = []
+    members: dict[str, Any] = {"run_keys": []}
     try:
-        keys = job_run_keys(job_return.cfg)
+        members = job_members(job_return.cfg)
     except Exception as exc:  # a config that does not resolve: the job itself failed on it
         log.debug("no run key for the sweep manifest: %s", exc)
     status = getattr(getattr(job_return, "status", None), "name", "UNKNOWN")
-    line = json.dumps(
-        {
-            "num": OmegaConf.select(config, "hydra.job.num"),
-            "overrides": list(getattr(job_return, "overrides", None) or []),
-            "status": status,
-            "run_keys": keys,
-        }
-    )
-    with open(manifest, "a") as fh:
-        fh.write(line + "\n")
+    line = {
+        "num": OmegaConf.select(config, "hydra.job.num"),
+        "overrides": list(getattr(job_return, "overrides", None) or []),
+        "status": status,
+        **members,
+    }
+    _append(manifest, [line])
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def plan_jobs(config: Any) -> list[dict[str, Any]]:
+    """Every job the sweep will launch, as manifest ``plan`` lines, composed as Hydra's basic sweeper composes
+    them (its params, then the command line's overrides); [] for another sweeper."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf, open_dict
+
+    if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
+        return []
+    loader = GlobalHydra.instance().config_loader()
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
+    lines = []
+    for batch in BasicSweeper.split_arguments(overrides, None):
+        for job_overrides in batch:
+            job_cfg = loader.load_sweep_config(config, list(job_overrides))
+            with open_dict(job_cfg):
+                del job_cfg["hydra"]
+            lines.append({"event": "plan", "overrides": list(job_overrides), **job_members(job_cfg)})
+    return lines
+
+
+def record_plan(manifest: Path, config: Any) -> int:
+    """Write the sweep's plan to its manifest; returns the number of planned jobs (0 when unknown)."""
+    try:
+        lines = plan_jobs(config)
+    except Exception as exc:  # the sweep itself reports a config that does not compose
+        log.debug("no plan for the sweep manifest: %s", exc)
+        return 0
+    if lines:
+        _append(manifest, lines)
+    return len(lines)
 
 
 def read_manifest(manifest: Path) -> list[dict[str, Any]]:
@@ -225,9 +281,13 @@ def gradient_flow_figures(client: Any, runs: list[Any]) -> dict[str, Any]:
     has them or the diagnostics module does not offer the figure.
     """
     try:
-        from rnnbench.diagnostics import gradient_flow_figure, load_run_arrays
+        from rnnbench.diagnostics_figures import gradient_flow_figure
+        from rnnbench.diagnostics_runs import load_run_arrays
     except ImportError:
-        return {}
+        try:
+            from rnnbench.diagnostics import gradient_flow_figure, load_run_arrays  # before the split
+        except ImportError:
+            return {}
     chosen: dict[tuple[str, str, str], Any] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):
         params = run.data.params
@@ -266,11 +326,13 @@ def finish_sweep(state: SweepState, force_failed: bool = False) -> str:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=state.uri)
-        jobs = read_manifest(state.manifest)
+        lines = read_manifest(state.manifest)
+        jobs, planned = ended_jobs(lines), planned_jobs(lines)
+        plan = plan_from_jobs(lines)
         failures = _user_failures()
         raised = [j for j in jobs if j.get("status") == "FAILED"]
         try:
-            runs, reused, missing = collect_runs(client, state, jobs)
+            runs, reused, missing = collect_runs(client, state, planned)
         except Exception as exc:
             log.warning("could not read back the sweep's runs: %s", exc)
             runs, reused, missing = [], [], []
@@ -278,6 +340,7 @@ def finish_sweep(state: SweepState, force_failed: bool = False) -> str:
             status = "FAILED"
         tags = {
             "rnnbench.sweep.jobs": str(len(jobs)),
+            "rnnbench.sweep.planned_jobs": str(len(planned)),
             "rnnbench.sweep.failed_jobs": str(max(len(failures) + len(raised), len(missing))),
             "rnnbench.sweep.reused_runs": str(len(reused)),
         }
@@ -290,15 +353,16 @@ def finish_sweep(state: SweepState, force_failed: bool = False) -> str:
                 {
                     "run_ids": [r.info.run_id for r in runs],
                     "reused_run_ids": reused,
-                    "jobs": jobs,
+                    "jobs": lines,
+                    "plan": plan.to_json(),
                     "missing_run_keys": missing,
                     "failures": failures,
                 },
                 indent=2,
             ) + "\n")
             client.log_artifact(state.parent_run_id, str(listing), "sweep")
-            if runs:
-                _report_to_parent(client, state, runs, Path(tmp) / "report")
+            if runs or plan.groups:
+                _report_to_parent(client, state, runs, Path(tmp) / "report", plan)
     except Exception as exc:
         log.warning("the sweep report could not be logged to parent run %s: %s", state.parent_run_id, exc)
     finally:
@@ -316,11 +380,11 @@ def finish_sweep(state: SweepState, force_failed: bool = False) -> str:
     return status
 
 
-def _report_to_parent(client: Any, state: SweepState, runs: list[Any], out_dir: Path) -> None:
+def _report_to_parent(client: Any, state: SweepState, runs: list[Any], out_dir: Path, plan: Plan | None = None) -> None:
     from rnnbench.report import attach, build_report, headline
 
     try:
-        report = build_report(runs, out_dir, client, source=f"sweep parent run {state.parent_run_id}")
+        report = build_report(runs, out_dir, client, source=f"sweep parent run {state.parent_run_id}", plan=plan)
     except RnnbenchError as exc:
         log.warning("no sweep report: %s", exc)
         return
@@ -381,6 +445,7 @@ class SweepCallback(Callback):
         except RnnbenchError as exc:
             raise SystemExit(f"rnnbench: error: {exc}") from exc
         self.manifest = str(state.manifest)
+        record_plan(state.manifest, config)
         if not _atexit_registered:
             atexit.register(_at_exit)
             _atexit_registered = True

@@ -1,4 +1,5 @@
-"""``rnnbench report`` on runs written directly into a temporary store with known final metrics."""
+"""``rnnbench report`` on runs written directly into a temporary store with known final metrics (minimal
+params; tests/test_report_scenarios.py builds runs from real composed configs)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,10 @@ def make_run(
     status: str = "FINISHED",
     parent: str | None = None,
     steps: int = 100,
+    final: bool = True,
 ) -> str:
+    """A run with minimal params: ``final/accuracy`` (the report's metric) and an ``eval/accuracy`` curve whose
+    last point equals it; ``final=False`` is a run logged before the final evaluation existed."""
     from mlflow.entities import Metric, Param
 
     tags = {"rnnbench.run_key": f"{task}-{cell}-{length}-{seed}-{steps}", "rnnbench.cell": cell, "rnnbench.task": task,
@@ -48,6 +52,8 @@ def make_run(
     metrics += [Metric("train/loss", 1.0 / (s + 1), 0, s) for s in range(1, 6)]
     if accuracy is not None:
         metrics += [Metric("eval/accuracy", 0.01, 0, 10), Metric("eval/accuracy", accuracy, 0, 20)]
+        if final:
+            metrics.append(Metric("final/accuracy", accuracy, 0, 20))
     client.log_batch(rid, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
     client.set_terminated(rid, status)
     return rid
@@ -98,8 +104,15 @@ def test_aggregation_matches_inputs(store, tmp_path):
         assert (row["solved"] == "True") == (2 * sum(ok) > len(seeds))
     for name in ("accuracy.png", "loss_curves.png", "report.md", "summary.json"):
         assert (tmp_path / name).stat().st_size > 0
-    assert "1/3 (1 diverged)" in (tmp_path / "report.md").read_text()
+    assert "0.600 (1/3, 1 diverged)" in (tmp_path / "report.md").read_text()
+    assert "**0.995 (2/3)**" in (tmp_path / "report.md").read_text()  # solved entries are bold
     assert report.summary["runs"]["diverged"] == 2
+
+
+def _point(report, cell: str, length: int):
+    (line,) = [ln for panel in report.panels for ln in panel.lines if ln.cell == cell]
+    (point,) = [p for p in line.points if p.dependency_length == length]
+    return point
 
 
 def test_diverged_counts_as_failure_even_above_threshold(store, tmp_path):
@@ -107,10 +120,10 @@ def test_diverged_counts_as_failure_even_above_threshold(store, tmp_path):
 
     _, client, _ = store
     report = build_report(runs_of_experiment(client, "study"), tmp_path, client)
-    (group,) = report.groups
-    cell = group.cells["rnn_tanh"][100]
-    assert cell.values and max(cell.values) >= 0.99  # the diverged seed's last accuracy was high
-    assert cell.succeeded == 0 and cell.diverged == 1
+    (panel,) = report.panels
+    point = _point(report, "rnn_tanh", 100)
+    assert point.values and max(point.values) >= 0.99  # the diverged seed's last accuracy was high
+    assert point.successes == 0 and point.diverged == 1
 
 
 def test_longest_solved_majority_rule(store, tmp_path):
@@ -123,10 +136,11 @@ def test_longest_solved_majority_rule(store, tmp_path):
         solved = [t for (c, t), seeds in GRID.items() if c == cell
                   and 2 * sum(a is not None and a >= 0.99 and not d for a, d in seeds) > len(seeds)]
         expected[cell] = max(solved) if solved else None
-    assert report.groups[0].longest_solved() == expected
+    assert {line.cell: line.longest_solved for line in report.panels[0].lines} == expected
     assert expected == {"gru": 10, "rnn_tanh": 10, "lstm": 100}
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["groups"][0]["longest_solved"] == expected
+    assert {line["cell"]: line["longest_solved"] for line in summary["lines"]} == expected
+    assert summary["panels"][0]["longest_solved"] == expected
     assert report.metrics["longest_solved/lstm"] == 100.0
     assert report.metrics["longest_solved/gru"] == 10.0
 
@@ -136,24 +150,32 @@ def test_threshold_changes_success(store, tmp_path):
 
     _, client, _ = store
     report = build_report(runs_of_experiment(client, "study"), tmp_path, client, threshold=0.2)
-    assert report.groups[0].cells["gru"][100].succeeded == 2  # 0.999 and 0.2; the diverged seed fails
+    assert _point(report, "gru", 100).successes == 2  # 0.999 and 0.2; the diverged seed fails
 
 
-def test_newest_of_duplicate_wins_and_unfinished_left_out(mlflow_uri, tmp_path):
+def test_newest_of_duplicate_wins_and_unfinished_counts_as_failure(mlflow_uri, tmp_path):
+    """Two FINISHED runs of one run key: the newest counts, and the report says so. A FAILED seed is no longer
+    left out: it is a planned seed (seen in the group) that failed, so the length is 1/2, incomplete."""
     import time
 
     from rnnbench.report import build_report, runs_of_experiment
 
     client = _client(mlflow_uri)
     exp = client.create_experiment("dups")
-    make_run(client, exp, "gru", 10, 0, 0.1)
+    old = make_run(client, exp, "gru", 10, 0, 0.1)
     time.sleep(0.01)
     make_run(client, exp, "gru", 10, 0, 0.999)
     make_run(client, exp, "gru", 10, 1, 0.999, status="FAILED")
     report = build_report(runs_of_experiment(client, "dups"), tmp_path, client)
-    cell = report.groups[0].cells["gru"][10]
-    assert cell.seeds == 1 and cell.values == [0.999]
-    assert report.summary["runs"] == {"counted": 1, "superseded": 1, "unfinished": 1, "diverged": 0}
+    point = _point(report, "gru", 10)
+    assert point.planned == 2 and point.values == [0.999]
+    assert point.successes == 1 and not point.solved and not point.complete
+    assert point.statuses == {"FINISHED": 1, "FAILED": 1}
+    assert report.summary["runs"] == {"counted": 1, "duplicates": 1, "replaced": 0, "unfinished": 1, "missing": 0,
+                                      "planned": 2, "diverged": 0, "metric_fallback": 0}
+    text = (tmp_path / "report.md").read_text()
+    assert "the newest counts" in text and old in text
+    assert "(1/2, incomplete: 1 FAILED)" in text
 
 
 def test_tasks_are_separate_groups(mlflow_uri, tmp_path):
@@ -164,9 +186,11 @@ def test_tasks_are_separate_groups(mlflow_uri, tmp_path):
     make_run(client, exp, "gru", 10, 0, 0.999, task="adding")
     make_run(client, exp, "gru", 10, 0, 0.5, task="copy", baseline=0.125)
     report = build_report(runs_of_experiment(client, "two"), tmp_path, client)
-    assert [g.task for g in report.groups] == ["adding", "copy"]
+    assert [p.task for p in report.panels] == ["adding", "copy"]
     assert report.metrics["longest_solved/adding/gru"] == 10.0
-    assert report.metrics["longest_solved/copy/gru"] == 0.0
+    # nothing solved on copy: no longest_solved metric at all (it used to be 0.0, which reads as a length)
+    assert "longest_solved/copy/gru" not in report.metrics
+    assert report.metrics["success_rate/copy/gru"] == 0.0
 
 
 @pytest.mark.slow
@@ -216,7 +240,21 @@ def test_parent_selection_includes_reused_runs(mlflow_uri, tmp_path):
     out = tmp_path / "rep"
     assert main(["--parent", parent, "--tracking-uri", mlflow_uri, "--out", str(out), "--attach"]) == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [(r["dependency_length"], r["seeds"]) for r in rows] == [("10", "2")]
+    assert [(r["dependency_length"], r["seeds"], r["succeeded"]) for r in rows] == [("10", "2", "2")]
     run = client.get_run(parent)
     assert run.data.metrics["longest_solved/gru"] == 10.0
     assert {a.path for a in client.list_artifacts(parent, "report")} >= {"report/accuracy.png", "report/results.csv"}
+
+
+def test_older_runs_fall_back_to_last_eval_accuracy_and_say_so(mlflow_uri, tmp_path):
+    from rnnbench.report import build_report, runs_of_experiment
+
+    client = _client(mlflow_uri)
+    exp = client.create_experiment("old")
+    make_run(client, exp, "gru", 10, 0, 0.999, final=False)
+    make_run(client, exp, "gru", 10, 1, 0.995)
+    report = build_report(runs_of_experiment(client, "old"), tmp_path, client)
+    point = _point(report, "gru", 10)
+    assert point.successes == 2 and sorted(point.values) == [0.995, 0.999]
+    assert report.summary["runs"]["metric_fallback"] == 1
+    assert "their last `eval/accuracy`" in (tmp_path / "report.md").read_text()

@@ -1,0 +1,135 @@
+"""Figures of the report (matplotlib, Agg backend): accuracy against the x axis, and training loss curves."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from rnnbench.report_points import Panel, fmt_x
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = 1 if n == 1 else 2
+    return (n + cols - 1) // cols, cols
+
+
+def accuracy_figure(panels: Sequence[Panel], metric: str, threshold: float, x_label: str) -> Any:
+    """Median final metric over the finished seeds against x (log axis), min-max shaded; solved points filled,
+    unsolved ones hollow, incomplete ones ringed in grey; the chance line and the success threshold."""
+    plt = _pyplot()
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    rows, cols = _grid(len(panels))
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.6 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        ringed = False
+        for i, line in enumerate(panel.lines):
+            color = colors[i % len(colors)]
+            longest = line.longest_solved
+            label = f"{line.label}: longest solved {fmt_x(longest) if longest is not None else 'none'}"
+            pts = [p for p in line.points if p.median is not None]
+            if pts:
+                xs = [p.x for p in pts]
+                ax.plot(xs, [p.median for p in pts], color=color, label=label)
+                ax.fill_between(xs, [p.low for p in pts], [p.high for p in pts], color=color, alpha=0.15)
+                ax.scatter([p.x for p in pts if p.solved], [p.median for p in pts if p.solved], color=color,
+                           zorder=3)
+                ax.scatter([p.x for p in pts if not p.solved], [p.median for p in pts if not p.solved],
+                           facecolors="white", edgecolors=color, zorder=3)
+            else:
+                ax.plot([], [], color=color, label=label)
+            bad = [p for p in line.points if p.diverged]
+            if bad:
+                ax.scatter([p.x for p in bad], [0.0] * len(bad), marker="x", color=color, s=60, zorder=3,
+                           label=f"{line.label}: diverged seeds")
+            gaps = [p for p in line.points if not p.complete]
+            if gaps:
+                ax.scatter([p.x for p in gaps], [p.median if p.median is not None else 0.0 for p in gaps], s=160,
+                           facecolors="none", edgecolors="grey", linewidths=1.5, zorder=2,
+                           label=None if ringed else "incomplete (seeds missing or unfinished)")
+                ringed = True
+        xs = panel.xs
+        base = []
+        for x in xs:
+            values = [p.baseline for line in panel.lines for p in line.points if p.x == x and p.baseline is not None]
+            if values:
+                base.append((x, statistics.median(values)))
+        if base:
+            ax.plot([x for x, _ in base], [v for _, v in base], linestyle="--", color="black", linewidth=1,
+                    label="chance (memoryless baseline)")
+        ax.axhline(threshold, linestyle=":", color="grey", linewidth=1, label=f"success threshold {threshold:g}")
+        if xs and min(xs) > 0:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        if xs:
+            ax.set_xticks(xs)
+            ax.set_xticklabels([fmt_x(x) for x in xs])
+        if len(xs) == 1 and xs[0] > 0:
+            ax.set_xlim(xs[0] / 1.5, xs[0] * 1.5)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel(f"{x_label} (log scale)" if xs and min(xs) > 0 else x_label)
+        ax.set_ylabel(f"{metric} (median of finished seeds, min-max shaded)")
+        ax.set_title(panel.title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def loss_figure(panels: Sequence[Panel], histories: dict[str, list[tuple[int, float]]]) -> Any:
+    """train/loss of every seed of each line at the longest x that line has runs at."""
+    plt = _pyplot()
+    rows, cols = _grid(len(panels))
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.6 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        drawn = False
+        for i, line in enumerate(panel.lines):
+            with_runs = [p for p in line.points if p.records]
+            if not with_runs:
+                continue
+            point = with_runs[-1]
+            for j, record in enumerate(point.records):
+                points = histories.get(record.run_id, [])
+                if not points:
+                    continue
+                ax.plot([s for s, _ in points], [v for _, v in points], color=colors[i % len(colors)],
+                        alpha=0.8, linewidth=1, label=f"{line.label} (x={fmt_x(point.x)})" if j == 0 else None)
+                drawn = True
+        ax.set_yscale("log" if drawn else "linear")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("train/loss")
+        ax.set_title(f"{panel.title}\ntrain/loss of each seed at each line's longest x", fontsize="medium")
+        ax.grid(True, alpha=0.3)
+        if drawn:
+            ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def loss_histories(client: Any, panels: Sequence[Panel], key: str = "train/loss") -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for panel in panels:
+        for line in panel.lines:
+            with_runs = [p for p in line.points if p.records]
+            for record in with_runs[-1].records if with_runs else []:
+                history = client.get_metric_history(record.run_id, key)
+                out[record.run_id] = sorted((m.step, m.value) for m in history if math.isfinite(m.value))
+    return out
