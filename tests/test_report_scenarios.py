@@ -182,7 +182,7 @@ def _sweep_parent(client, exp: str, jobs: list[dict], *, listing: bool, sweep_di
 def test_sweep_plan_is_the_denominator(mlflow_uri, tmp_path, compose, resolve, listing):
     """The sweep planned 3 seeds at T=100 and 3 at T=200; 2 runs exist at T=100, none at T=200: 2/3 (solved,
     incomplete) and 0/3 (all missing), in the parent's report and in the experiment's."""
-    from rnnbench.sweep import job_members
+    from rnnbench.sweep_manifest import job_members
 
     client = _client(mlflow_uri)
     exp = client.create_experiment("planned")
@@ -208,7 +208,7 @@ def test_sweep_plan_is_the_denominator(mlflow_uri, tmp_path, compose, resolve, l
 def test_parent_report_finds_planned_runs_outside_the_sweep(mlflow_uri, tmp_path, compose, resolve):
     """A sweep still running (no sweep/runs.json yet) that skipped seed 1 because an earlier run finished it:
     the parent's report finds that run by its planned run key instead of counting the seed as missing."""
-    from rnnbench.sweep import job_members
+    from rnnbench.sweep_manifest import job_members
 
     client = _client(mlflow_uri)
     exp = client.create_experiment("running")

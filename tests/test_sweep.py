@@ -354,7 +354,7 @@ def test_job_members_use_the_run_identity(compose):
     from omegaconf import OmegaConf
 
     from rnnbench import identity
-    from rnnbench.sweep import job_members, job_run_keys
+    from rnnbench.sweep_manifest import job_members, job_run_keys
 
     def resolved(*overrides):
         return OmegaConf.to_container(compose("cell=gru", "trainer=smoke", *overrides), resolve=True)
@@ -376,7 +376,7 @@ def test_plan_lists_every_job_of_the_sweep_before_it_runs(registry, tmp_path):
 
     from rnnbench import identity
     from rnnbench.report import plan_from_jobs
-    from rnnbench.sweep import read_manifest, record_plan
+    from rnnbench.sweep_manifest import read_manifest, record_plan
 
     manifest = tmp_path / "jobs.jsonl"
     with initialize_config_module(config_module="rnnbench.conf", version_base="1.3"):
