@@ -40,8 +40,9 @@ def trial(cfg: Any, diagnostics_on: bool, device: torch.device, out: Path) -> di
     from rnnbench.diagnostics import Diagnostics
     from rnnbench.manager import get_registry
     from rnnbench.model import build_model
+    from rnnbench.population import SinglePopulation
     from rnnbench.tracking import NullTracker
-    from rnnbench.train import train
+    from rnnbench.train import Member, train
 
     registry = get_registry()
     task = registry.task(cfg.task.name).task(**constructor_kwargs(cfg.task))
@@ -50,11 +51,11 @@ def trial(cfg: Any, diagnostics_on: bool, device: torch.device, out: Path) -> di
                         fused=cfg.model.fused).to(device)
     diag = Diagnostics.from_config(cfg.diagnostics, model, task, device, out) if diagnostics_on else None
     tracker = NullTracker()
-    result = train(cfg, model, task, tracker, device, on_step=diag)
+    (result,) = train(cfg, SinglePopulation(model), task, [Member(cfg.seed, tracker, diagnostics=diag)], device)
     row = {"steps_per_second": result.metrics["time/steps_per_second"]}
     if diag is not None:
         started = time.perf_counter()
-        diag.finish(tracker)
+        diag.finish(tracker, model, result.step)
         row["finish_seconds"] = time.perf_counter() - started
         row["measure_seconds"] = statistics.median(v for _, v in tracker.metrics["diag/seconds"])
     return row

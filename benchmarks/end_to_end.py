@@ -91,12 +91,13 @@ def hand_loop(cfg: Any, steps: int, pregenerate: bool) -> float:
 
 
 def rnnbench_train(cfg: Any) -> float:
-    """``rnnbench.train.train`` on a model built like run_job builds it, NullTracker, no diagnostics."""
+    """The training loop on a model built like run_job builds it (a population of one), no tracking."""
     from rnnbench.config import constructor_kwargs
     from rnnbench.manager import get_registry
     from rnnbench.model import build_model
+    from rnnbench.population import SinglePopulation
     from rnnbench.tracking import NullTracker
-    from rnnbench.train import train
+    from rnnbench.train import Member, train
 
     registry = get_registry()
     start = time.perf_counter()
@@ -104,26 +105,26 @@ def rnnbench_train(cfg: Any) -> float:
     torch.manual_seed(0)
     model = build_model(registry.cell(cfg.cell.name), constructor_kwargs(cfg.cell), task, cfg.model.hidden_size,
                         fused=cfg.model.fused)
-    train(cfg, model, task, NullTracker(), torch.device("cpu"))
+    train(cfg, SinglePopulation(model), task, [Member(0, NullTracker())], torch.device("cpu"))
     return time.perf_counter() - start
 
 
 def rnnbench_job(cfg: Any, out: Path, mlflow: bool) -> tuple[float, dict[str, float]]:
-    """``run_job`` as the CLI calls it; returns wall seconds and the diagnostics timings it logged."""
+    """``run_job`` as the CLI calls it (``tracking=none`` unless ``mlflow``); returns wall seconds."""
+    from omegaconf import open_dict
+
     from rnnbench.runner import run_job
-    from rnnbench.tracking import NullTracker
 
     out.mkdir(parents=True, exist_ok=True)
-    tracker = None if mlflow else NullTracker()
+    if not mlflow:
+        with open_dict(cfg):
+            cfg.tracking.backend = "none"
     start = time.perf_counter()
-    result = run_job(cfg, out, out, n_parallel=1, tracker=tracker)
+    results = run_job(cfg, out, out, n_parallel=1)
     elapsed = time.perf_counter() - start
-    extra = {}
-    if isinstance(tracker, NullTracker) and "diag/seconds" in tracker.metrics:
-        extra["diag_measure_s"] = median([v for _, v in tracker.metrics["diag/seconds"]])
-    if result is None:
+    if not results:
         raise RuntimeError("run_job skipped the run (resume found a finished run)")
-    return elapsed, extra
+    return elapsed, {}
 
 
 def main() -> None:
@@ -150,7 +151,8 @@ def main() -> None:
     base = [f"cell={args.cell}", "task=adding", f"task.dependency_length={args.length}",
             f"model.hidden_size={args.hidden}", f"trainer.batch_size={args.batch}", f"trainer.steps={args.steps}",
             "trainer.early_stop=false", "trainer.progress=none", "trainer.device=cpu", f"trainer.threads={threads}",
-            "trainer.resume=false", f"trainer.checkpoint_dir={tmp / 'ckpt'}"]
+            "trainer.resume=false", f"trainer.checkpoint_dir={tmp / 'ckpt'}",
+            f"trainer.final_eval_sequences={args.batch}"]  # the hand-written loop has no final evaluation
     cfg_core = compose([*base, f"trainer.eval_every={args.steps}", f"trainer.checkpoint_every={10 * args.steps}",
                         "diagnostics=off", "tracking=none"])
     cfg_eval = compose([*base, f"trainer.checkpoint_every={10 * args.steps}", "diagnostics=off", "tracking=none"])

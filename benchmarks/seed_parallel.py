@@ -2,10 +2,10 @@
 
 Three settings run in this process, interleaved round by round so that drifts in machine load hit all alike:
 
-- ``one``: one seed through ``rnnbench.train.train`` (the model the runner builds: torch's fused kernel unless
-  ``model.fused=false``);
-- ``batched``: K seeds through ``rnnbench.seed_parallel.train_seeds`` (one process, one batched model);
-- ``sequential``: the same K seeds one after another through ``train``.
+- ``one``: one seed through ``rnnbench.train.train`` as a population of one (the model the runner builds:
+  torch's fused kernel unless ``model.fused=false``);
+- ``batched``: K seeds through the same loop as one stacked population (one process, one batched model);
+- ``sequential``: the same K seeds one after another, each a population of one.
 
 Each trial trains fresh models for ``--steps`` steps (no early stop, one held-out evaluation at the end, a
 ``NullTracker``); the figure is wall time / steps, median over ``--repeats`` rounds. ``torch.set_flush_denormal``
@@ -38,31 +38,41 @@ def compose(overrides: list[str]) -> Any:
         return hydra_compose(config_name="config", overrides=overrides)
 
 
-def run_one(cfg: Any, seed: int, device: torch.device) -> None:
+def _setup(cfg: Any) -> tuple[Any, Any, Any]:
     from rnnbench.config import constructor_kwargs
     from rnnbench.manager import get_registry
-    from rnnbench.model import build_model
-    from rnnbench.tracking import NullTracker
-    from rnnbench.train import train
 
     registry = get_registry()
     task = registry.task(cfg.task.name).task(**constructor_kwargs(cfg.task))
+    return registry.cell(cfg.cell.name), constructor_kwargs(cfg.cell), task
+
+
+def _model(cfg: Any, spec: Any, cell_kwargs: Any, task: Any, seed: int, device: torch.device) -> Any:
+    from rnnbench.model import build_model
+
     torch.manual_seed(seed)
-    model = build_model(registry.cell(cfg.cell.name), constructor_kwargs(cfg.cell), task, cfg.model.hidden_size,
-                        fused=cfg.model.fused).to(device)
-    train(cfg, model, task, NullTracker(), device)
+    return build_model(spec, cell_kwargs, task, cfg.model.hidden_size, fused=cfg.model.fused).to(device)
+
+
+def run_one(cfg: Any, seed: int, device: torch.device) -> None:
+    from rnnbench.population import SinglePopulation
+    from rnnbench.tracking import NullTracker
+    from rnnbench.train import Member, train
+
+    spec, cell_kwargs, task = _setup(cfg)
+    model = _model(cfg, spec, cell_kwargs, task, seed, device)
+    train(cfg, SinglePopulation(model), task, [Member(seed, NullTracker())], device)
 
 
 def run_batched(cfg: Any, seeds: list[int], device: torch.device, path: str) -> None:
-    from rnnbench.config import constructor_kwargs
-    from rnnbench.manager import get_registry
-    from rnnbench.seed_parallel import train_seeds
+    from rnnbench.population import StackedPopulation
     from rnnbench.tracking import NullTracker
+    from rnnbench.train import Member, train
 
-    registry = get_registry()
-    task = registry.task(cfg.task.name).task(**constructor_kwargs(cfg.task))
-    train_seeds(cfg, registry.cell(cfg.cell.name), constructor_kwargs(cfg.cell), task, seeds,
-                [NullTracker() for _ in seeds], device, cfg.model.hidden_size, path=path)
+    spec, cell_kwargs, task = _setup(cfg)
+    models = [_model(cfg, spec, cell_kwargs, task, s, device) for s in seeds]
+    population = StackedPopulation(spec, cell_kwargs, task, models, cfg.model.hidden_size, path=path)
+    train(cfg, population, task, [Member(s, NullTracker()) for s in seeds], device)
 
 
 def timed(fn: Any, steps: int) -> float:
@@ -94,6 +104,7 @@ def main() -> None:
                    f"model.hidden_size={args.hidden}", f"trainer.batch_size={args.batch}",
                    f"trainer.steps={args.steps}", f"trainer.eval_every={args.steps}", "trainer.eval_batches=1",
                    "trainer.early_stop=false", "trainer.progress=none", f"trainer.device={args.device}",
+                   "trainer.final_eval_sequences=64",
                    "tracking=none", "diagnostics=off", *args.overrides])
     device = torch.device(args.device)
     seeds = list(range(args.seeds))
