@@ -42,6 +42,14 @@ class ForgetLSTMConfig(LSTMConfig):
     al. 2015); null keeps torch's uniform init."""
 
 
+@dataclass
+class NoForgetLSTMConfig(LSTMConfig):
+    forget_bias: Optional[float] = None
+    """Null, the only value: this cell has no forget gate of its own (f = 1 without forget gate, f = 1 - i in
+    CIFG). The key is here so that one override, ``cell.forget_bias=null``, applies to every LSTM variant (the
+    ``greff_variants`` preset starts them all from torch's init: every gate about half open)."""
+
+
 class LSTMCell(RecurrentCell):
     r"""Long short-term memory, every variant of Greff et al. 2016 behind flags.
 
@@ -185,14 +193,15 @@ PEEPHOLE = {"peepholes": True}
 VARIANTS: tuple[tuple[str, dict[str, Any], type[CellConfig], str, str], ...] = (
     ("lstm", {}, ForgetLSTMConfig,
      "LSTM with forget gate, no peepholes (torch's nn.LSTM)", "Gers, Schmidhuber & Cummins 2000, Learning to Forget"),
-    ("lstm1997", {"forget_gate": False}, LSTMConfig,
+    ("lstm1997", {"forget_gate": False}, NoForgetLSTMConfig,
      "original LSTM: input and output gates, constant error carousel c = c + i*g, no forget gate",
      "Hochreiter & Schmidhuber 1997, Long Short-Term Memory"),
     ("peephole_lstm", PEEPHOLE, ForgetLSTMConfig,
      "LSTM with forget gate and peepholes (Greff's vanilla LSTM)",
      "Gers & Schmidhuber 2000, Recurrent Nets that Time and Count"),
     ("lstm_nig", {**PEEPHOLE, "input_gate": False}, ForgetLSTMConfig, "peephole LSTM without input gate (NIG)", GREFF),
-    ("lstm_nfg", {**PEEPHOLE, "forget_gate": False}, LSTMConfig, "peephole LSTM without forget gate (NFG)", GREFF),
+    ("lstm_nfg", {**PEEPHOLE, "forget_gate": False}, NoForgetLSTMConfig, "peephole LSTM without forget gate (NFG)",
+     GREFF),
     ("lstm_nog", {**PEEPHOLE, "output_gate": False}, ForgetLSTMConfig, "peephole LSTM without output gate (NOG)",
      GREFF),
     ("lstm_niaf", {**PEEPHOLE, "input_activation": "identity"}, ForgetLSTMConfig,
@@ -200,7 +209,7 @@ VARIANTS: tuple[tuple[str, dict[str, Any], type[CellConfig], str, str], ...] = (
     ("lstm_noaf", {**PEEPHOLE, "output_activation": "identity"}, ForgetLSTMConfig,
      "peephole LSTM without output activation (NOAF): h = o * c", GREFF),
     ("lstm_np", {}, ForgetLSTMConfig, "LSTM without peepholes (NP; the same function as lstm)", GREFF),
-    ("cifg_lstm", {**PEEPHOLE, "coupled_gates": True}, LSTMConfig,
+    ("cifg_lstm", {**PEEPHOLE, "coupled_gates": True}, NoForgetLSTMConfig,
      "peephole LSTM with coupled input and forget gate (CIFG): f = 1 - i", GREFF),
     ("lstm_fgr", {**PEEPHOLE, "full_gate_recurrence": True}, ForgetLSTMConfig,
      "peephole LSTM with full gate recurrence (FGR): last step's gates feed all gates", GREFF),

@@ -59,6 +59,23 @@ class RecurrentCell(nn.Module):
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def forward_sequence(self, x: Tensor) -> Tensor | None:
+        """Optional whole-sequence path: ``x`` (B, T, I) -> the outputs h_t of every step, (B, T, H); ``None``
+        (the default) when the cell has none.
+
+        Contract: the result equals unrolling :meth:`forward` over ``x.unbind(1)`` from
+        ``init_state(B, x.device, x.dtype)`` and stacking the h_t (to floating-point rounding; in float64 to
+        ~1e-10), in values and in gradients with respect to ``x`` and every parameter; batch rows stay
+        independent; it must not depend on anything but ``x`` and the parameters (no state is carried in or out).
+        It may compute the steps in any order (a parallel scan, a hoisted input projection followed by a loop).
+
+        :class:`~rnnbench.layers.RecurrentLayer` uses it for training and evaluation whenever it returns a tensor
+        and no per-step hook is given (the backward direction runs it on the time-reversed sequence). The step
+        path, :meth:`forward`, stays the reference: :meth:`~rnnbench.layers.LoopEncoder.probe`, per-step hooks
+        (gate activations) and the gradient-through-time diagnostics always run it.
+        """
+        return None
+
     def recurrent_weights(self) -> dict[str, Tensor]:
         """The matrices applied to the previous hidden state, by name (diagnostics: spectral radius)."""
         return {name: p for name, p in self.named_parameters() if name.startswith("weight_hh")}
@@ -112,5 +129,16 @@ class Task:
         raise NotImplementedError
 
     def describe(self) -> dict[str, object]:
-        """Facts logged with every run beside the config (e.g. the total sequence length)."""
+        """Facts logged with every run beside the config, as MLflow params ``task.<key>`` (e.g. the total
+        sequence length). Override it with ``super().describe() | {...}``.
+
+        The default gives ``sequence_length`` and ``dependency_length`` only. Every built-in task adds the lag it
+        asks for, which ``dependency_length`` alone does not say (its meaning differs from task to task):
+        ``lag_min``, ``lag_median`` (the lower median) and ``lag_max``, integers: the distance in steps, for a
+        model reading forward, from the information to the step where it is needed (last-step readout: from
+        the earliest needed input to the readout; per-step readout: per scored position, from the input it
+        must recall); ``lag_kind``, what "the information" is; ``lag_method``, ``"exact"`` or how the values
+        were estimated (e.g. ``"monte_carlo ..."``). Each task's docstring defines its lag. These keys are
+        optional for third-party tasks: a task without them runs, logs and reports as before.
+        """
         return {"sequence_length": self.sequence_length, "dependency_length": self.dependency_length}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from fractions import Fraction
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -68,6 +71,36 @@ def masked_accuracy(output: Tensor, target: Tensor, mask: Tensor) -> tuple[Tenso
     accuracy = (correct.float() * weights).sum() / weights.sum().clamp_min(1.0)
     exact = (correct | ~mask).all(dim=1).float().mean()
     return accuracy, exact
+
+
+def lag_facts(low: int, median: int, high: int, kind: str, method: str = "exact") -> dict[str, object]:
+    """The lag keys every built-in task adds to :meth:`Task.describe` (see its docstring)."""
+    assert low <= median <= high, (low, median, high)
+    return {"lag_min": low, "lag_median": median, "lag_max": high, "lag_kind": kind, "lag_method": method}
+
+
+def uniform_lower_median(low: int, high: int) -> int:
+    """The lower median of the uniform distribution on the integers low..high."""
+    return low + (high - low) // 2
+
+
+def lower_median(cdf: Callable[[int, bool], float | Fraction], low: int, high: int) -> int:
+    """The lower median of a distribution on the integers low..high, exactly: the smallest l with cdf(l) >= 1/2.
+
+    ``cdf(l, exact)`` must be non-decreasing with ``cdf(high) == 1``; a float when ``exact`` is false, a
+    :class:`~fractions.Fraction` when true. The bisection compares floats and asks for the exact value only where
+    the float lies within 1e-9 of 1/2, so ties are decided exactly.
+    """
+    half = Fraction(1, 2)
+    while low < high:
+        mid = (low + high) // 2
+        value = cdf(mid, False)
+        reached = value >= 0.5 if abs(value - 0.5) > 1e-9 else cdf(mid, True) >= half
+        if reached:
+            high = mid
+        else:
+            low = mid + 1
+    return low
 
 
 class MaskedRecallTask(Task):

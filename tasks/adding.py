@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 from torch import Tensor
@@ -10,7 +12,15 @@ from torch.nn import functional as F
 
 from rnnbench import Batch, Task, TaskConfig, TaskSpec, hookimpl
 from rnnbench.registry import RegisterTask
-from rnnbench.tasks._common import check_choice, check_int, check_number, draw_int, other_position
+from rnnbench.tasks._common import (
+    check_choice,
+    check_int,
+    check_number,
+    draw_int,
+    lag_facts,
+    lower_median,
+    other_position,
+)
 
 VARIANTS = ("hochreiter1997", "pascanu2013", "arjovsky2016", "tcn2018")
 MIN_LENGTH = {"hochreiter1997": 22, "pascanu2013": 10, "arjovsky2016": 2, "tcn2018": 2}
@@ -53,9 +63,26 @@ class AddingTask(Task):
     Variable lengths (1997, pascanu2013) are drawn once per batch from the generator, so a batch stays one
     (B, L, 2) tensor; every sequence of the batch has that length, and lengths vary from batch to batch.
 
-    ``dependency_length`` is the paper's T: the (minimum) sequence length. The first marked value lies about T
-    steps before the readout (at least T//2 for arjovsky2016, at least T - 10 for hochreiter1997, ...).
-    ``sequence_length`` is the longest length a batch can have.
+    ``dependency_length`` is the paper's T: the (minimum) sequence length. ``sequence_length`` is the longest
+    length a batch can have.
+
+    Lag (``describe()``'s ``lag_min``, ``lag_median``, ``lag_max``): L - 1 - p, from the earliest marked step p
+    whose value enters the target to the readout at the last step L - 1 (steps counted from 0). In
+    hochreiter1997 a marked step 0 has its value zeroed and carries nothing, so p is the earliest marked step
+    after step 0 there. Exact, from the generator's distributions; the median is the lower median (the smallest
+    l with P(lag <= l) >= 1/2). With h = T//2:
+
+    - ``arjovsky2016``: p uniform in [0, h): lag uniform on [T - h, T - 1], median T - h + (h - 1)//2 (T = 100:
+      50 / 74 / 99).
+    - ``tcn2018``: p the smaller of two distinct positions in [0, T): P(lag = l) = l / C(T, 2) for l in
+      [1, T - 1]; the median is the smallest l with 2 l (l + 1) >= T (T - 1), about T / sqrt(2) (T = 100:
+      1 / 70 / 99).
+    - ``pascanu2013``: p uniform in [0, int(0.1 L)), L uniform in [T, T + int(0.1 T) - 1]: lag from
+      T - int(0.1 T) to T + int(0.1 T) - 2; median from the exact CDF
+      P(lag <= l) = mean over L of clip(int(0.1 L) - (L - 1 - l), 0, int(0.1 L)) / int(0.1 L) (T = 100: 90 / 99 / 108).
+    - ``hochreiter1997``: P(p > m) = (h - 1 - m)(1 + max(0, 9 - m)) / (10 (h - 1)) for 0 <= m < h, L uniform in
+      [T, T + T//10]: lag from T - h (X1 zeroed at step 0, X2 at step h - 1, L = T) to T + T//10 - 2 (p = 1);
+      median from the exact CDF P(lag <= l) = mean over L of P(p > L - 2 - l) (T = 100: 50 / 99 / 108).
 
     Loss: MSE on the variant's target. Metrics: ``accuracy``, the fraction of sequences with |error| <
     ``tolerance`` on the target rescaled to [0, 1] (sum targets are divided by 2), and ``mse``.
@@ -153,12 +180,57 @@ class AddingTask(Task):
             return {"loss": 1 / 24, "accuracy": _triangle_within(2 * tol)}
         return {"loss": 1 / 6, "accuracy": _triangle_within(2 * tol)}
 
+    def lag_facts(self) -> dict[str, object]:
+        """Exact lag from the earliest informative marked value to the readout (see the class docstring)."""
+        T, v = self.dependency_length, self.variant
+        kind = "earliest marked value -> last-step readout"
+        h = T // 2
+        if v == "arjovsky2016":
+            return lag_facts(T - h, T - h + (h - 1) // 2, T - 1, kind)
+        if v == "tcn2018":
+            half = T * (T - 1)  # P(lag <= l) = l (l + 1) / (T (T - 1)) >= 1/2  <=>  2 l (l + 1) >= T (T - 1)
+            m = max(1, (math.isqrt(1 + 2 * half) - 1) // 2)
+            while 2 * m * (m + 1) < half:
+                m += 1
+            while m > 1 and 2 * (m - 1) * m >= half:
+                m -= 1
+            return lag_facts(1, m, T - 1, kind)
+        lengths = range(self.min_length, self.max_length + 1)
+        n = len(lengths)
+        if v == "pascanu2013":
+
+            def cdf(lag: int, exact: bool) -> float | Fraction:  # p uniform in [0, int(0.1 L)), lag = L - 1 - p
+                number = Fraction if exact else float
+                total = number(0)
+                for L in lengths:
+                    tenth = int(0.1 * L)
+                    total += number(min(max(tenth - (L - 1 - lag), 0), tenth)) / tenth
+                return total / n
+
+            low = min(L - int(0.1 * L) for L in lengths)
+            return lag_facts(low, lower_median(cdf, low, self.max_length - 1), self.max_length - 1, kind)
+
+        def above(m: int) -> int:  # 10 (h - 1) P(p > m), p the earliest marked step after step 0
+            if m < 0:
+                return 10 * (h - 1)
+            if m >= h - 1:
+                return 0
+            return (h - 1 - m) * (1 + max(0, 9 - m))
+
+        def cdf_1997(lag: int, exact: bool) -> float | Fraction:  # lag <= l <=> p >= L - 1 - l <=> p > L - 2 - l
+            total = sum(above(L - 2 - lag) for L in lengths)  # an integer: exact either way
+            return Fraction(total, 10 * (h - 1) * n) if exact else total / (10 * (h - 1) * n)
+
+        low, high = T - h, self.max_length - 2
+        return lag_facts(low, lower_median(cdf_1997, low, high), high,
+                         kind + " (a marked step 0 is zeroed and skipped)")
+
     def describe(self) -> dict[str, object]:
         return super().describe() | {
             "min_sequence_length": self.min_length,
             "max_sequence_length": self.max_length,
             "variant": self.variant,
-        }
+        } | self.lag_facts()
 
 
 @hookimpl

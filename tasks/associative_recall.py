@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
+from torch import Tensor
 from torch.nn import functional as F
 
 from rnnbench import Batch, TaskConfig, TaskSpec, hookimpl
@@ -15,6 +17,7 @@ from rnnbench.tasks._common import (
     check_choice,
     check_int,
     check_number,
+    lag_facts,
     MaskedRecallTask,
     random_subset,
 )
@@ -49,6 +52,18 @@ class AssociativeRecallTask(MaskedRecallTask):
 
     ``dependency_length`` is T, the query region: a pair is queried up to T + 2N - 2 steps after it was shown.
     At least 2N (room for N queries at even offsets).
+
+    Lag (``describe()``'s ``lag_min`` / ``lag_median`` / ``lag_max``): per scored (query) position, the steps
+    from the value token it must recall to the query: the j-th pair's value sits at step 2j - 1 (j = 1..N) and
+    its query at 2N + 2 g_j, so the lag is 2N + 2 g_j - 2j + 1 (one more from the key). The gaps are drawn in
+    pair order by weighted sampling without replacement, so early pairs tend to get the likelier (early) gaps.
+    Exact: ``lag_min`` = 1 (last pair, gap 0) and ``lag_max`` = 2N + 2 (T//2) - 3 (first pair, last gap), both of
+    positive probability. The median's distribution (the marginals of successive weighted draws) has no closed
+    form: ``lag_median`` is a Monte-Carlo estimate of the lower median, from about 2^18 queries drawn from the same
+    law with a fixed seed (``lag_method`` says so, with the sample size; T = 1024, N = 8, a = 0.01: 1 / 57 / 1037;
+    the same config always gets the same estimate). With
+    ``power_a`` = 1 the gaps are uniform and it is exact: j and g_j are then independent uniforms, and the lower
+    median is 2 ((T//2 + N - 2)//2) + 1.
 
     Loss: cross-entropy at the query steps only. Metrics: ``accuracy`` per query, ``exact`` per sequence.
 
@@ -110,12 +125,82 @@ class AssociativeRecallTask(MaskedRecallTask):
     def baseline(self) -> dict[str, float]:
         return {"loss": math.log(self.num_values), "accuracy": 1 / self.num_values}
 
+    def lag_facts(self) -> dict[str, object]:
+        """Lag from each queried pair's value to its query: min and max exact, median Monte-Carlo unless a = 1."""
+        N, space = self.num_kv_pairs, self.dependency_length // 2
+        low, high = 1, 2 * N + 2 * space - 3
+        kind = "value of the queried pair -> its query step"
+        if self.power_a == 1.0:  # uniform gaps: lag = 2 (g + N - j) + 1, g uniform on [0, space), N - j on [0, N)
+            return lag_facts(low, 2 * ((space + N - 2) // 2) + 1, high, kind)
+        median, samples = _monte_carlo_median_lag(space, N, self.power_a)
+        return lag_facts(low, median, high, kind, f"monte_carlo (median; {samples} queries, seed 0)")
+
     def describe(self) -> dict[str, object]:
         return super().describe() | {
             "variant": self.variant,
             "vocab_size": self.vocab_size,
             "num_kv_pairs": self.num_kv_pairs,
-        }
+        } | self.lag_facts()
+
+
+MC_WORK = 1 << 24
+"""Work budget of the Monte-Carlo median lag: at most 2^15 sequences, 2^18 queries, about MC_WORK operations
+(at least 256 sequences)."""
+
+
+@lru_cache(maxsize=64)
+def _monte_carlo_median_lag(space: int, pairs: int, power_a: float) -> tuple[int, int]:
+    """The lower median of the query lag, estimated on a fixed-seed CPU generator; returns (median, queries).
+
+    The gaps are drawn as in :meth:`AssociativeRecallTask.sample`: weights (g + 1)^(a - 1) over [0, space),
+    without replacement, the j-th draw for the j-th pair; by rejection when few pairs share a long region, else
+    by the exponential race (both exact samplers of that law, cheaper here than ``torch.multinomial``).
+    """
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.arange(1, space + 1, dtype=torch.float64) ** (power_a - 1)
+    by_rejection = pairs * pairs < space
+    cost = pairs * pairs if by_rejection else space * pairs.bit_length()
+    sequences = max(256, min(1 << 15, MC_WORK // cost, (1 << 18) // pairs))
+    draw = _gaps_by_rejection if by_rejection else _gaps_by_race
+    gaps = draw(sequences, pairs, weights, generator)  # (sequences, N), column j the j-th pair's gap
+    offset = 2 * pairs - 2 * torch.arange(1, pairs + 1) + 1  # 2N - 2j + 1 for the j-th pair
+    ordered = (2 * gaps + offset).flatten().sort().values
+    return int(ordered[(ordered.numel() - 1) // 2]), ordered.numel()
+
+
+def _gaps_by_rejection(rows: int, pairs: int, weights: Tensor, generator: torch.Generator) -> Tensor:
+    """Each draw from all the weights, redrawn while it repeats an earlier one of its row (the next draw without
+    replacement, exactly); rows still repeating after 16 rounds draw from their remaining weights directly."""
+    space = weights.numel()
+    cumulative = weights.cumsum(0)
+    cumulative = cumulative / cumulative[-1]
+    gaps = torch.empty(rows, pairs, dtype=torch.long)
+    for j in range(pairs):
+        pending = torch.arange(rows)
+        for _ in range(16):
+            u = torch.rand(pending.numel(), dtype=torch.float64, generator=generator)
+            draw = torch.searchsorted(cumulative, u, right=True).clamp_max(space - 1)
+            repeated = (gaps[pending, :j] == draw[:, None]).any(dim=1)
+            gaps[pending[~repeated], j] = draw[~repeated]
+            pending = pending[repeated]
+            if pending.numel() == 0:
+                break
+        if pending.numel():
+            remaining = weights.expand(pending.numel(), -1).clone().scatter_(1, gaps[pending, :j], 0.0)
+            gaps[pending, j] = torch.multinomial(remaining, 1, generator=generator).squeeze(1)
+    return gaps
+
+
+def _gaps_by_race(rows: int, pairs: int, weights: Tensor, generator: torch.Generator) -> Tensor:
+    """Gap g arrives at E_g / w_g, E_g ~ Exp(1); the j-th arrival is the j-th draw without replacement."""
+    space = weights.numel()
+    chunk = max(1, (1 << 20) // space)
+    out = []
+    for start in range(0, rows, chunk):
+        arrival = torch.empty(min(chunk, rows - start), space, dtype=torch.float64)
+        arrival.exponential_(generator=generator).div_(weights)
+        out.append(arrival.topk(pairs, dim=1, largest=False, sorted=True).indices)
+    return torch.cat(out)
 
 
 @hookimpl

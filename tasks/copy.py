@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from rnnbench import Batch, Task, TaskConfig, TaskSpec, hookimpl
 from rnnbench.registry import RegisterTask
-from rnnbench.tasks._common import check_choice, check_int, masked_accuracy
+from rnnbench.tasks._common import check_choice, check_int, lag_facts, masked_accuracy
 
 VARIANTS = ("arjovsky2016", "tcn2018")
 
@@ -53,6 +53,10 @@ class CopyTask(Task):
 
     ``dependency_length`` is T: each symbol is recalled T + K steps after it was shown; the delimiter comes
     T steps after the last symbol.
+
+    Lag (``describe()``'s ``lag_min`` / ``lag_median`` / ``lag_max``): per scored (recall) position, the steps
+    from the symbol it must reproduce to that position. Symbol k sits at step k and is recalled at T + K + k, so
+    every lag is exactly T + K (min = median = max), in both variants.
 
     Metrics: ``accuracy`` on the K recall positions only (chance 1/A), ``exact`` the fraction of sequences
     recalled without error, ``accuracy_all`` over all T + 2K positions (what TCN and expRNN report: 99 % for a
@@ -112,12 +116,17 @@ class CopyTask(Task):
             "accuracy_all": (T + K + K / A) / (T + 2 * K),
         }
 
+    def lag_facts(self) -> dict[str, object]:
+        """Exact lag from each data symbol to its recall step (see the class docstring)."""
+        lag = self.dependency_length + self.symbols
+        return lag_facts(lag, lag, lag, "data symbol -> its recall step")
+
     def describe(self) -> dict[str, object]:
         return super().describe() | {
             "variant": self.variant,
             "alphabet": self.alphabet,
             "symbols": self.symbols,
-        }
+        } | self.lag_facts()
 
 
 @hookimpl

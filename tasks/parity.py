@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from rnnbench import Batch, Task, TaskConfig, TaskSpec, hookimpl
 from rnnbench.registry import RegisterTask
-from rnnbench.tasks._common import check_choice, check_int
+from rnnbench.tasks._common import check_choice, check_int, lag_facts, uniform_lower_median
 
 VARIANTS = ("final", "running")
 
@@ -33,6 +33,12 @@ class ParityTask(Task):
     accuracy (T + 1) / (2T).
 
     ``dependency_length`` is T, the number of bits: the final parity depends on a bit T - 1 steps back.
+
+    Lag (``describe()``'s ``lag_min`` / ``lag_median`` / ``lag_max``): from the earliest input the target depends
+    on (bit 0: every bit flips the parity) to the step where it is scored. ``final``: T - 1 (min = median = max).
+    ``running``: the parity at step t is scored at t, so the lags are 0, 1, ..., T - 1, one per scored step:
+    uniform on [0, T - 1], lower median (T - 1)//2. Exact. (A single bit of state, updated every step, suffices:
+    the lag says how far back the target reaches, not how much must be stored.)
     """
 
     input_size = 2
@@ -68,10 +74,17 @@ class ParityTask(Task):
         T = self.dependency_length
         return {"loss": (T - 1) * math.log(2) / T, "accuracy": (T + 1) / (2 * T)}
 
+    def lag_facts(self) -> dict[str, object]:
+        """Exact lag from the first bit to the scored step(s) (see the class docstring)."""
+        T = self.dependency_length
+        if self.variant == "final":
+            return lag_facts(T - 1, T - 1, T - 1, "first bit -> last-step readout")
+        return lag_facts(0, uniform_lower_median(0, T - 1), T - 1, "first bit -> each step's running parity")
+
     def describe(self) -> dict[str, object]:
         return super().describe() | {
             "variant": self.variant,
-        }
+        } | self.lag_facts()
 
 
 @hookimpl

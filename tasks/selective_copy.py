@@ -11,7 +11,14 @@ from torch.nn import functional as F
 from rnnbench import Batch, TaskConfig, TaskSpec, hookimpl
 from rnnbench.errors import ConfigError
 from rnnbench.registry import RegisterTask
-from rnnbench.tasks._common import MaskedRecallTask, check_choice, check_int, sorted_positions
+from rnnbench.tasks._common import (
+    MaskedRecallTask,
+    check_choice,
+    check_int,
+    lag_facts,
+    sorted_positions,
+    uniform_lower_median,
+)
 
 VARIANTS = ("gu2023",)
 
@@ -35,8 +42,15 @@ class SelectiveCopyTask(MaskedRecallTask):
     one-hot of size A + 2; A + 1 output classes (blank and data). One variant, ``gu2023`` (marker tokens on the
     recall steps, as in Mamba's figure and s4).
 
-    ``dependency_length`` is T, the span the symbols are scattered over: a symbol is recalled up to T + K - 1
-    steps after it was shown. At least K (one position per symbol).
+    ``dependency_length`` is T, the span the symbols are scattered over. At least K (one position per symbol).
+
+    Lag (``describe()``'s ``lag_min`` / ``lag_median`` / ``lag_max``): per scored (recall) position, the steps
+    from the symbol it must reproduce to that position. The k-th symbol (k = 1..K) at step w_k is recalled at
+    T + k - 1, so its lag is K + (the number of blanks after it in the span): at least K (the symbols fill the
+    span's last K steps) and at most T (they fill its first K steps). Pooled over the K recall positions the lag
+    is exactly uniform on [K, T] (the blanks after a symbol picked at random among the K are uniform on
+    0..T - K: a Vandermonde sum), so the lower median is K + (T - K)//2 and the mean (T + K) / 2 (T = 100,
+    K = 10: 10 / 55 / 100).
 
     Loss: cross-entropy on the K recall steps only (``Batch.mask``), as in s4 and mad-lab. Metrics:
     ``accuracy`` per recalled symbol (chance 1/A), ``exact`` per sequence.
@@ -79,12 +93,17 @@ class SelectiveCopyTask(MaskedRecallTask):
     def baseline(self) -> dict[str, float]:
         return {"loss": math.log(self.alphabet), "accuracy": 1 / self.alphabet}
 
+    def lag_facts(self) -> dict[str, object]:
+        """Exact lag from each data symbol to its recall step: uniform on [K, T] (see the class docstring)."""
+        T, K = self.dependency_length, self.symbols
+        return lag_facts(K, uniform_lower_median(K, T), T, "data symbol -> its recall step")
+
     def describe(self) -> dict[str, object]:
         return super().describe() | {
             "variant": self.variant,
             "alphabet": self.alphabet,
             "symbols": self.symbols,
-        }
+        } | self.lag_facts()
 
 
 @hookimpl

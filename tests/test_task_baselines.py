@@ -105,8 +105,9 @@ def _support(task: Task) -> tuple[int, int]:
 def memoryless(task: Task, batch: Batch, noise: torch.Generator | None) -> torch.Tensor:
     """The best memoryless strategy's logits; with ``noise``, a random guess over the same support instead.
 
-    It knows where it is asked to recall (copy family: the delimiter says so) and, for running parity, that the
-    first parity is the first bit; it remembers no content.
+    It knows where it is asked to recall (the mask; copy: the step index says so; variable_copy: only a memory
+    of the delimiter would, so there this is the window-aware predictor its ``baseline()`` names) and, for
+    running parity, that the first parity is the first bit; it remembers no content.
     """
     low, high = _support(task)
     shape = (*batch.y.shape, task.output_size)
@@ -167,3 +168,56 @@ def test_running_parity_current_bit_carries_no_information_after_the_first_step(
     assert guess[0] == 1.0
     assert torch.allclose(guess[1:], torch.full((19,), 0.5), atol=0.04)
     assert float((bits == batch.y).float().mean()) == pytest.approx(task.baseline()["accuracy"], abs=0.01)
+
+
+# -------------------------------------------------------- variable_copy: window-aware baseline, memoryless figure
+
+
+def step_memoryless(task: VariableCopyTask, batch: Batch) -> torch.Tensor:
+    """The best predictor that sees the step index and the current input only, by counting: at a blank input on
+    step t, the chance that t is a recall step, spread over the A symbols; blank on every other input."""
+    T, K, A, lo = task.dependency_length, task.symbols, task.alphabet, task.min_delay
+    B, L = batch.y.shape
+    delays = torch.arange(lo, T + 1)
+    steps = torch.arange(L)[:, None]
+    inside = ((steps >= K + delays) & (steps < 2 * K + delays)).sum(1).double()  # (L,) delays recalling at t
+    delimiter = (steps == K - 1 + delays).sum(1).double()
+    q = (inside / (len(delays) - delimiter).clamp_min(1)).clamp(1e-12, 1 - 1e-12)
+    probs = torch.zeros(L, A + 1, dtype=torch.float64)
+    probs[:, 0] = 1 - q
+    probs[:, 1:] = (q / A)[:, None]
+    logits = probs.log().float().expand(B, L, A + 1).clone()
+    blank = batch.x.argmax(-1) == 0
+    logits[~blank] = torch.tensor([0.0] + [NEG] * A)  # data or delimiter on input: the target is blank
+    return logits
+
+
+def test_variable_copy_baseline_is_window_aware_and_describe_gives_the_memoryless_figure():
+    task = VariableCopyTask(dependency_length=50)  # K = 10, A = 8, delays 1..50
+    described, base = task.describe(), task.baseline()
+    assert "window" in described["baseline_kind"] and "not its contents" in described["baseline_kind"]
+    assert set(base) >= {"loss", "accuracy"}
+    assert base["loss"] == pytest.approx(10 * math.log(8) / 70)  # 0.297: knows the window
+    assert base["loss"] == pytest.approx(0.2971, abs=1e-4)
+    assert described["memoryless_loss"] == pytest.approx(0.6667, abs=1e-4)  # remembers nothing
+    # one delay: the window is fixed, both figures are copy's
+    fixed = VariableCopyTask(dependency_length=30, min_delay=30, alphabet=6, symbols=5)
+    assert fixed.describe()["memoryless_loss"] == pytest.approx(fixed.baseline()["loss"])
+    assert fixed.baseline()["loss"] == pytest.approx(CopyTask(30, "arjovsky2016", 6, 5).baseline()["loss"])
+
+
+@pytest.mark.parametrize(("T", "lo", "K", "A"), [(50, 1, 10, 8), (30, 5, 5, 6), (12, 3, 4, 3)])
+def test_variable_copy_memoryless_figure_is_the_step_memoryless_predictor(T, lo, K, A):
+    """On sampled batches: the step-and-input predictor scores ``memoryless_loss``; the window-aware one scores
+    ``baseline()["loss"]``, below it."""
+    task = VariableCopyTask(dependency_length=T, min_delay=lo, alphabet=A, symbols=K)
+    g = torch.Generator().manual_seed(31)
+    step, window = [], []
+    for _ in range(20):
+        batch = task.sample(512, g)
+        step.append(float(task.loss(step_memoryless(task, batch), batch)))
+        window.append(float(task.loss(memoryless(task, batch, None), batch)))
+    figure = task.describe()["memoryless_loss"]
+    assert sum(step) / len(step) == pytest.approx(figure, rel=0.01)
+    assert sum(window) / len(window) == pytest.approx(task.baseline()["loss"], rel=1e-4)
+    assert task.baseline()["loss"] < figure

@@ -508,13 +508,12 @@ def test_parity_target(variant):
 def test_every_task_trains_a_few_steps(registry, compose, name, kwargs):
     from rnnbench.config import constructor_kwargs
     from rnnbench.model import build_model
-    from rnnbench.tracking import NullTracker
-    from rnnbench.train import train
+    from conftest import train_one
 
     small = {**kwargs, "dependency_length": {"adding": 22, "temporal_order": 10}.get(name, 6)}
     overrides = [f"task={name}", "cell=gru", "trainer=smoke", "tracking=none", "model.hidden_size=8",
                  "trainer.steps=3", "trainer.batch_size=4", "trainer.eval_every=3", "trainer.device=cpu",
-                 "trainer.progress=none", "optim.lr=0.01"]
+                 "trainer.progress=none", "optim.lr=0.01", "trainer.final_eval_sequences=16"]
     if name == "associative_recall":
         small.update(num_kv_pairs=2, vocab_size=8)
     if name in ("copy", "variable_copy", "selective_copy"):
@@ -526,7 +525,7 @@ def test_every_task_trains_a_few_steps(registry, compose, name, kwargs):
     torch.manual_seed(0)
     model = build_model(registry.cell("gru"), {}, task, 8)
     before = [p.detach().clone() for p in model.parameters()]
-    result = train(cfg, model, task, NullTracker(), torch.device("cpu"))
+    result = train_one(cfg, model, task)
     assert result.step == 3 and result.outcome in ("solved", "learning", "at_baseline")
     assert math.isfinite(result.metrics["loss"]) and 0 <= result.metrics["accuracy"] <= 1
     assert result.baseline == task.baseline()
