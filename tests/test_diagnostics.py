@@ -252,6 +252,7 @@ def test_gradient_flow_figure_one_panel_per_cell():
     assert axes[0].get_yscale() == "log"
 
 
+@pytest.mark.slow
 def test_the_preset_composes_and_declares_the_grid(compose, cli):
     cfg = compose("experiment=gradient_flow")
     assert cfg.task.name == "adding" and cfg.trainer.steps <= 500 and cfg.diagnostics.enabled

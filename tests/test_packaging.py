@@ -19,12 +19,14 @@ def test_every_conf_folder_is_a_listed_package():
     assert {f"rnnbench.conf.{f}" for f in folders} <= listed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tasks", "plugins", "conf"])
 def test_no_generic_top_level_module_from_a_neutral_directory(tmp_path, name):
     proc = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr
 
 
+@pytest.mark.slow
 def test_installed_package_carries_plugins_tasks_and_configs(tmp_path):
     code = (
         "import rnnbench.plugins.gru, rnnbench.tasks.adding, rnnbench.conf, pathlib;"
@@ -34,6 +36,7 @@ def test_installed_package_carries_plugins_tasks_and_configs(tmp_path):
     assert proc.stdout.strip() == "True", proc.stderr
 
 
+@pytest.mark.slow
 def test_importing_rnnbench_has_no_side_effects(tmp_path):
     code = (
         "import sys, rnnbench, rnnbench.registry;"

@@ -128,6 +128,7 @@ def test_same_config_and_seed_give_identical_metrics_in_fresh_processes_and_jobl
     assert all(math.isfinite(v) for _, v in results[0]["train/loss"])
 
 
+@pytest.mark.slow
 def test_reap_kills_runs_with_a_stale_heartbeat_only(mlflow_uri, tmp_path):
     client = MlflowClient(tracking_uri=mlflow_uri)
     exp = client.create_experiment("reap")
@@ -140,6 +141,7 @@ def test_reap_kills_runs_with_a_stale_heartbeat_only(mlflow_uri, tmp_path):
     assert client.get_run(alive).info.status == "RUNNING"
 
 
+@pytest.mark.slow
 def test_store_failing_mid_run_keeps_results_locally_and_uploads_later(mlflow_uri, tmp_path):
     import shutil
 
@@ -170,6 +172,7 @@ def test_store_failing_mid_run_keeps_results_locally_and_uploads_later(mlflow_ur
     assert not journal.exists()
 
 
+@pytest.mark.slow
 def test_upload_of_a_missing_journal_is_a_clear_error(tmp_path):
     proc = run_cli(["runs", "upload", str(tmp_path / "nope.jsonl")], tmp_path)
     assert proc.returncode == 2 and "no journal at" in proc.stderr and "Traceback" not in proc.stderr
