@@ -302,13 +302,9 @@ def test_parallel_sweep_against_mlflow_server(tmp_path, cli):
 def test_gradient_flow_figure_from_runs_with_diagnostics(mlflow_uri, tmp_path):
     import json
 
-    import importlib.util
-
-    diagnostics = pytest.importorskip("rnnbench.diagnostics")
-    if importlib.util.find_spec("rnnbench.diagnostics_figures") is None and not hasattr(
-            diagnostics, "gradient_flow_figure"):
-        pytest.skip("no gradient_flow_figure in rnnbench.diagnostics(_figures)")
     from mlflow.entities import Param
+
+    from rnnbench import diagnostics
 
     from rnnbench.sweep import gradient_flow_figures
 
