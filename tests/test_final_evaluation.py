@@ -144,3 +144,19 @@ def test_divergence_is_reported_at_one_step_everywhere(cli, mlflow_uri):
     assert all(m.step < step and math.isfinite(m.value) for m in losses)
     for key in run.data.metrics:
         assert all(math.isfinite(m.value) for m in client.get_metric_history(run.info.run_id, key)), key
+
+
+@pytest.mark.slow
+def test_solved_means_the_final_evaluation_reached_the_threshold(cli, mlflow_uri):
+    """An early stop is confirmed: a run tagged solved has final/accuracy at or above the threshold, measured on
+    final/sequences fresh sequences, and the console line reports that evaluation."""
+    from mlflow.tracking import MlflowClient
+
+    proc = cli("task=parity", "task.dependency_length=2", "cell=gru", "model.hidden_size=16", "trainer.steps=1500",
+               "trainer.eval_every=50", "optim.lr=0.01", "diagnostics=off", "trainer.progress=none",
+               f"tracking.uri={mlflow_uri}", check=True)
+    (run,) = MlflowClient(tracking_uri=mlflow_uri).search_runs(["1"])
+    metrics = run.data.metrics
+    assert run.data.tags["rnnbench.outcome"] == "solved"
+    assert metrics["final/accuracy"] >= 0.99 and metrics["final/sequences"] == 10_000
+    assert f"accuracy={metrics['final/accuracy']:.4g}" in proc.stdout
