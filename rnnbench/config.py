@@ -57,8 +57,11 @@ class TrainerConfig:
     early_stop: bool = True
     """Stop once the held-out accuracy reaches solved_threshold."""
     solved_threshold: float = 0.99
-    baseline_margin: float = 0.1
-    """A run is ``at_baseline`` when its final loss is above (1 - margin) x the memoryless baseline loss."""
+    final_eval_sequences: int = 10000
+    """Fresh held-out sequences of the final evaluation (and of the confirmation before an early stop)."""
+    baseline_z: float = 3.0
+    """A run is ``at_baseline`` unless its final loss is below the memoryless baseline loss by more than
+    ``baseline_z`` standard errors of the final evaluation."""
     log_every: int = 50
     checkpoint_every: int = 500
     checkpoint_dir: str = "checkpoints"
@@ -114,50 +117,188 @@ def constructor_kwargs(node: Any) -> dict[str, Any]:
     return values
 
 
-def _positive(key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(key, value, "a positive integer")
+DIAGNOSTICS_DTYPES = ("float32", "float64")
+DIAGNOSTICS_KEYS = ("enabled", "every", "batch_size", "seed", "saturation", "dtype", "figures", "cell", "task",
+                    "dependency_length")
+"""The keys of the ``diagnostics`` group (``conf/diagnostics/*.yaml``)."""
+MAX_LAYERS = 1000
+MAX_SEEDS = 1000
+MAX_HIDDEN = 2**31 - 1
+MAX_BUDGET = 2**62
 
 
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(key, value, f"one of {', '.join(choices)}")
+def _plain(node: Any) -> Any:
+    """``node`` as plain Python data (interpolations resolved); plain data is returned as it is."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
 
 
-def validate(cfg: Any) -> None:
-    """Check the framework's values before anything is built; each error names key, value and what is allowed."""
+def _schema_keys(schema: Any) -> list[str]:
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(schema)]
+
+
+def _present(node: Any, key: str) -> bool:
+    return key in node
+
+
+def check_resolvable(node: Any, prefix: str = "") -> None:
+    """Every value resolves: an interpolation that does not (``trainer.steps=${oops}``) is a :class:`ConfigError`."""
+    from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not isinstance(node, DictConfig):
+        return
+    for key in node.keys():
+        if not prefix and key == "hydra":
+            continue
+        full = f"{prefix}.{key}" if prefix else str(key)
+        try:
+            value = node[key]
+        except OmegaConfBaseException as exc:
+            raw = node._get_node(key)
+            raw = raw._value() if raw is not None else None
+            reason = str(getattr(exc, "msg", exc)).strip().splitlines()[0]
+            raise ConfigError(full, raw, f"a value that resolves ({reason})") from exc
+        check_resolvable(value, full)
+
+
+def check_known_keys(cfg: Any, registry: Registry | None = None) -> None:
+    """Refuse keys that no schema declares (``+model.hiden_size=64``, ``+foo=1``, ``+cell.forget_bias=2`` on a
+    cell without one), naming the key, a close match and the allowed keys."""
+    from rnnbench import validation as v
+
+    root = {k: cfg.get(k) for k in cfg.keys() if k != "hydra"}
+    v.known_keys("", root, _schema_keys(RootConfig))
+    for key, schema in (("model", ModelConfig), ("optim", OptimConfig), ("trainer", TrainerConfig),
+                        ("tracking", TrackingConfig)):
+        node = cfg.get(key)
+        if node is not None and hasattr(node, "keys"):
+            v.known_keys(key, {k: node.get(k) for k in node.keys()}, _schema_keys(schema))
+    if registry is None:
+        from rnnbench.manager import get_registry
+
+        registry = get_registry()
+    for group in ("cell", "task"):
+        node = cfg.get(group)
+        if node is None or not hasattr(node, "keys"):
+            continue
+        name = node.get("name")
+        specs = registry.cells if group == "cell" else registry.tasks
+        if name in specs:
+            v.known_keys(group, {k: node.get(k) for k in node.keys()}, _schema_keys(specs[name].config))
+
+
+def _diagnostics_keys() -> set[str]:
+    """The diagnostics group's keys: :data:`DIAGNOSTICS_KEYS`, and any field the diagnostics module adds."""
+    keys = set(DIAGNOSTICS_KEYS)
+    try:
+        import dataclasses
+
+        from rnnbench.diagnostics import DiagnosticsSettings
+
+        keys |= {f.name for f in dataclasses.fields(DiagnosticsSettings)}
+    except (ImportError, TypeError):
+        pass
+    return keys
+
+
+def validate_diagnostics(node: Any) -> None:
+    """The ``diagnostics`` group: what :class:`rnnbench.diagnostics.DiagnosticsSettings` accepts."""
+    from rnnbench import validation as v
+
+    d = _plain(node)
+    if d is None:
+        return
+    if not isinstance(d, dict):
+        raise ConfigError("diagnostics", d, "a diagnostics option: diagnostics=default or diagnostics=off")
+    v.known_keys("diagnostics", d, _diagnostics_keys())
+    for key in ("enabled", "figures"):
+        if key in d:
+            v.boolean(f"diagnostics.{key}", d[key])
+    for key in ("every", "batch_size"):
+        if key in d:
+            v.positive_int(f"diagnostics.{key}", d[key])
+    if "seed" in d:
+        v.seed("diagnostics.seed", d["seed"])
+    if "saturation" in d:
+        v.number("diagnostics.saturation", d["saturation"], 0.0, 0.5)
+    if "dtype" in d:
+        v.choice("diagnostics.dtype", d["dtype"], DIAGNOSTICS_DTYPES)
+    for key in ("cell", "task"):
+        if key in d and not isinstance(d[key], str):
+            raise ConfigError(f"diagnostics.{key}", d[key], "a name (a string)")
+    if d.get("dependency_length") is not None:  # a label (the task checks its own), so only its type
+        v.integer("diagnostics.dependency_length", d["dependency_length"])
+
+
+def _plugin_values(group: str, node: Any) -> None:
+    """A cell's or task's own values: no float may be NaN or infinite (each plugin checks its ranges)."""
     import math
 
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
-        raise ConfigError("seed", cfg.seed, "a non-negative integer")
-    m, t, o = cfg.model, cfg.trainer, cfg.optim
-    if m.param_budget is None:
-        _positive("model.hidden_size", m.hidden_size)
-    else:
-        _positive("model.param_budget", m.param_budget)
-    _positive("model.num_layers", m.num_layers)
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError("model.dropout", m.dropout, "a number in [0, 1)")
-    for key in ("steps", "batch_size", "eval_every", "eval_batches", "log_every", "checkpoint_every", "seeds"):
-        _positive(f"trainer.{key}", getattr(t, key))
+    values = _plain(node)
+    if not isinstance(values, dict):
+        return
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{group}.{key}", value, "a finite number")
+
+
+def validate(cfg: Any, registry: Registry | None = None) -> None:
+    """Check every value before anything is built or written: unknown keys, types, ranges, NaN and infinity, the
+    ``diagnostics`` group, and the cell's and task's floats; each error names key, value and what is allowed.
+
+    The plugins' own rules (``task.variant``, ``cell.recurrent_init``...) are checked by their constructors, and
+    sizes by :func:`rnnbench.memory.check_fits`."""
+    from rnnbench import validation as v
+
+    check_resolvable(cfg)
+    check_known_keys(cfg, registry)
+    m, t, o, tr = cfg.model, cfg.trainer, cfg.optim, cfg.tracking
+    seeds = v.positive_int("trainer.seeds", t.seeds, maximum=MAX_SEEDS)
+    v.seed("seed", cfg.seed, count=seeds)
+    v.positive_int("model.hidden_size", m.hidden_size, maximum=MAX_HIDDEN)  # also with a budget, which ignores it
+    if m.param_budget is not None:
+        v.positive_int("model.param_budget", m.param_budget, maximum=MAX_BUDGET)
+    v.positive_int("model.num_layers", m.num_layers, maximum=MAX_LAYERS)
+    v.number("model.dropout", m.dropout, 0.0, 1.0, low_open=False)
+    for key in ("bidirectional", "fused"):
+        v.boolean(f"model.{key}", m[key])
+    for key in ("steps", "batch_size", "eval_every", "eval_batches", "log_every", "checkpoint_every",
+                "final_eval_sequences"):
+        if _present(t, key):
+            v.positive_int(f"trainer.{key}", t[key])
     if not (t.device in DEVICES or (isinstance(t.device, str) and t.device.startswith("cuda:")
                                     and t.device[5:].isdigit())):
         raise ConfigError("trainer.device", t.device, f"one of {', '.join(DEVICES)}, or cuda:<index>")
-    _choice("trainer.clip_mode", t.clip_mode, CLIP_MODES)
-    _choice("trainer.progress", t.progress, PROGRESS)
-    if t.grad_clip is not None and not (math.isfinite(t.grad_clip) and t.grad_clip > 0):
-        raise ConfigError("trainer.grad_clip", t.grad_clip, "a positive number, or null to disable clipping")
-    if not 0.0 < t.solved_threshold <= 1.0:
-        raise ConfigError("trainer.solved_threshold", t.solved_threshold, "a number in (0, 1]")
-    if not 0.0 <= t.baseline_margin < 1.0:
-        raise ConfigError("trainer.baseline_margin", t.baseline_margin, "a number in [0, 1)")
+    v.choice("trainer.clip_mode", t.clip_mode, CLIP_MODES)
+    v.choice("trainer.progress", t.progress, PROGRESS)
+    if t.grad_clip is not None:
+        v.positive_number("trainer.grad_clip", t.grad_clip, why="or null to disable clipping")
+    v.number("trainer.solved_threshold", t.solved_threshold, 0.0, 1.0, high_open=False)
+    if _present(t, "baseline_margin"):
+        v.number("trainer.baseline_margin", t.baseline_margin, 0.0, 1.0, low_open=False)
+    if _present(t, "baseline_z"):
+        v.non_negative_number("trainer.baseline_z", t.baseline_z)
     if t.threads is not None:
-        _positive("trainer.threads", t.threads)
-    _choice("optim.name", o.name, OPTIMIZERS)
-    if not (math.isfinite(o.lr) and o.lr > 0):
-        raise ConfigError("optim.lr", o.lr, "a positive number")
+        v.positive_int("trainer.threads", t.threads, maximum=4096)
+    for key in ("early_stop", "resume", "deterministic"):
+        if _present(t, key):
+            v.boolean(f"trainer.{key}", t[key])
+    v.string("trainer.checkpoint_dir", t.checkpoint_dir)
+    v.choice("optim.name", o.name, OPTIMIZERS)
+    v.positive_number("optim.lr", o.lr)
     for key in ("weight_decay", "momentum"):
-        value = getattr(o, key)
-        if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"optim.{key}", value, "a non-negative number")
-    _choice("tracking.backend", cfg.tracking.backend, TRACKING_BACKENDS)
+        v.non_negative_number(f"optim.{key}", o[key])
+    v.choice("tracking.backend", tr.backend, TRACKING_BACKENDS)
+    if tr.backend == "mlflow":
+        v.string("tracking.experiment", tr.experiment, max_length=500)
+        if tr.uri is not None:
+            v.string("tracking.uri", tr.uri)
+    validate_diagnostics(cfg.get("diagnostics"))
+    _plugin_values("cell", cfg.cell)
+    _plugin_values("task", cfg.task)

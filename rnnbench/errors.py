@@ -5,16 +5,29 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+FAILURES_ENV = "RNNBENCH_FAILURES_FILE"
+"""The file where each job of a sweep appends its one-line user error, for the sweep's summary and parent run."""
+
+
 class RnnbenchError(Exception):
     """A user-facing error: bad configuration, a broken plugin, an unreachable store."""
 
 
+def show_value(value: object) -> str:
+    """A value as the command line writes it: ``true``/``false``, ``null``, strings quoted, numbers as they are."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return repr(value)
+
+
 class ConfigError(RnnbenchError):
-    """A configuration value that is not allowed."""
+    """A configuration value that is not allowed: ``<key>=<value> is not allowed: <what is allowed>``."""
 
     def __init__(self, key: str, value: object, allowed: str) -> None:
         self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+        super().__init__(f"{key}={show_value(value)} is not allowed: {allowed}")
 
 
 class PluginError(RnnbenchError):

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from rnnbench.errors import TrackingError
+from rnnbench.errors import RnnbenchError, TrackingError
+from rnnbench.store import check_server, ensure_experiment, resolve_tracking_uri  # noqa: F401 - re-exported
 
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
@@ -88,23 +89,6 @@ class NullTracker:
         return []
 
 
-def resolve_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
-    """The store to use, absolute: ``uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's own default store,
-    ``mlflow.db`` in ``cwd``. Relative ``sqlite:///`` paths are resolved against ``cwd`` before anything changes
-    directory."""
-    cwd = (cwd or Path.cwd()).resolve()
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{cwd / 'mlflow.db'}"
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
-        return prefix + str((cwd / uri[len(prefix) :]).resolve())
-    if "://" not in uri:
-        raise TrackingError(
-            f"tracking.uri={uri!r} is not supported: use a sqlite:///path.db file, an http(s):// server, or "
-            "a database URI (MLflow's folder store is retired)"
-        )
-    return uri
-
-
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -115,10 +99,8 @@ class MlflowTracker:
 
     def __init__(self, uri: str, experiment: str, fallback_dir: Path | None = None) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        from mlflow.tracking import MlflowClient
-
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        self._client: Any = None
         self.experiment_name = experiment
         self.experiment_id: str | None = None
         self.run_id: str | None = None
@@ -127,16 +109,29 @@ class MlflowTracker:
         self._buffer: list[tuple[str, float, int, int]] = []
         self._last_heartbeat = 0.0
 
+    @property
+    def client(self) -> Any:
+        """The ``MlflowClient``, made on first use: the store is checked, and a SQLite store created or migrated
+        safely (:func:`rnnbench.store.client`)."""
+        if self._client is None:
+            from rnnbench.store import client
+
+            self._client = client(self.uri)
+        return self._client
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        self._client = value
+
     def connect(self) -> str:
-        """Check the store answers and find or create the experiment; fails fast with a readable message."""
-        if self.uri.startswith(("http://", "https://")):
-            check_server(self.uri)
+        """Open the store and find or create the experiment; fails fast with a readable message."""
         try:
             self.experiment_id = os.environ.get(EXPERIMENT_ENV) or ensure_experiment(self.client, self.experiment_name)
-        except TrackingError:
+        except RnnbenchError:
             raise
         except Exception as exc:
-            raise TrackingError(f"cannot open the tracking store {self.uri}: {type(exc).__name__}: {exc}") from exc
+            text = " ".join(str(exc).split())[:300]
+            raise TrackingError(f"cannot open the tracking store {self.uri}: {type(exc).__name__}: {text}") from exc
         return self.experiment_id
 
     def start(self, run_name: str, params: dict[str, str], tags: dict[str, str], run_id: str | None = None) -> str:
@@ -211,9 +206,10 @@ class MlflowTracker:
     def find_runs(self, run_key: str) -> list[tuple[str, str]]:
         if self.experiment_id is None:
             self.connect()
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`rnnbench.run_key` = '{run_key}'", order_by=["attributes.start_time DESC"]
-        )
+        from rnnbench.store import search_all
+
+        runs = search_all(self.client, [self.experiment_id], f"tags.`rnnbench.run_key` = '{run_key}'",
+                          order_by=["attributes.start_time DESC"])
         return [(r.info.run_id, r.info.status) for r in runs]
 
 
@@ -234,43 +230,6 @@ def apply_operation(client: Any, run_id: str, op: str, payload: Any) -> None:
         client.set_terminated(run_id, payload)
     else:
         raise ValueError(f"unknown tracking operation {op!r}")
-
-
-def ensure_experiment(client: Any, name: str) -> str:
-    """The id of experiment ``name``, created if missing; safe when several processes race to create it."""
-    from mlflow.exceptions import MlflowException
-
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            raise TrackingError(
-                f"tracking.experiment={name!r} is deleted in {client.tracking_uri}; restore it "
-                f"(mlflow experiments restore) or choose another name"
-            )
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException:
-        experiment = client.get_experiment_by_name(name)  # another process created it first
-        if experiment is None:
-            raise
-        return experiment.experiment_id
-
-
-def check_server(uri: str) -> None:
-    import urllib.error
-    import urllib.request
-
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - user-configured server
-            response.read()
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TrackingError(
-            f"cannot reach the MLflow tracking server at {uri} ({reason}); start it, fix MLFLOW_TRACKING_URI / "
-            "tracking.uri, or run with tracking=none"
-        ) from exc
 
 
 def _warn(message: str) -> None:

@@ -54,6 +54,8 @@ def test_run_is_tracked_with_the_public_schema(cli, mlflow_uri, tmp_path):
 def test_default_store_is_mlflow_db_in_the_working_directory(cli, tmp_path):
     cli("tracking.experiment=smoke", *SMOKE, check=True)
     assert (tmp_path / "mlflow.db").exists()
+    names = [p.name for p in tmp_path.iterdir()]  # the store was created atomically: no lock, copy or probe left
+    assert not [n for n in names if n.endswith(".lock") or ".rnnbench-tmp-" in n or ".rnnbench-probe-" in n], names
     _, runs = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "smoke")
     assert len(runs) == 1
 
@@ -110,22 +112,23 @@ if not __import__("torch").cuda.is_available():
 @pytest.mark.parametrize("overrides, expected", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
 def test_bad_input_is_one_clear_message_and_writes_nothing(cli, tmp_path, overrides, expected):
     proc = cli(*SMOKE, *overrides)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     err = proc.stderr
     assert "Traceback" not in err + proc.stdout
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rnnbench: error: "), err
     for fragment in expected:
         assert fragment in err, (fragment, err)
-    assert not (tmp_path / "mlflow.db").exists()
-    assert not (tmp_path / "checkpoints").exists()
+    assert list(tmp_path.iterdir()) == []  # no mlflow.db, mlruns/, outputs/, checkpoints/
 
 
 def test_unreachable_tracking_server_fails_fast_before_training(cli, tmp_path):
     proc = cli(*SMOKE, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "cannot reach the MLflow tracking server at http://127.0.0.1:9" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "step" not in proc.stdout
-    assert not (tmp_path / "checkpoints").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_full_error_shows_traceback_when_asked(cli):

@@ -10,7 +10,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rnnbench.errors import RnnbenchError
 from rnnbench.runner import run_job
-from rnnbench.tracking import NullTracker
 
 NUMBERS = st.one_of(
     st.integers(-3, 12).map(str),
@@ -54,9 +53,30 @@ def test_random_overrides_run_cleanly_or_fail_with_a_clear_message(compose, tmp_
         assert str(exc).strip(), args
         return
     try:
-        results = run_job(cfg, tmp_path / "out", tmp_path, tracker=NullTracker())
+        results = run_job(cfg, tmp_path / "out", tmp_path)  # tracking=none: nothing is recorded
     except RnnbenchError as exc:
         message = str(exc)
         assert "=" in message or "Unknown" in message, message
         return
     assert all(r.outcome in {"solved", "learning", "at_baseline", "diverged"} for r in results)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(sorted(KEYS)), st.none(), max_size=6).flatmap(
+    lambda keys: st.fixed_dictionaries({k: KEYS[k] for k in keys})
+))
+def test_random_overrides_pass_the_preflight_or_are_refused_in_one_line(compose, tmp_path, overrides):
+    """The command line's checks (what runs before Hydra writes anything) on random overrides: a pass, or one line
+    naming a key; never another exception."""
+    from rnnbench.cli import check_override_types, check_run, error_line
+
+    args = ["tracking=none", "diagnostics=off", *(f"{k}={v}" for k, v in overrides.items())]
+    try:
+        cfg = compose(*args)
+        check_override_types(cfg, args)
+        check_run(cfg, tmp_path)
+    except (HydraException, OmegaConfBaseException, RnnbenchError) as exc:
+        line = error_line(exc, args, lambda ovr: compose(*ovr))
+        assert "\n" not in line and line.strip(), (args, line)
+        assert "is not allowed" in line or "Unknown" in line, (args, line)
+    assert list(tmp_path.iterdir()) == []
