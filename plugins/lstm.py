@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from rnnbench import CellConfig, CellSpec, RecurrentCell, hookimpl
-from rnnbench.base import State
-from rnnbench.errors import ConfigError
+from rnnbench import State
+from rnnbench import ConfigError
 from rnnbench.init import check_choice, gate_bias_, recurrent_init_, uniform_default_
 
 

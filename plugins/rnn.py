@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnbench import CellConfig, CellSpec, RecurrentCell, hookimpl
-from rnnbench.errors import ConfigError
+from rnnbench import ConfigError
 from rnnbench.init import check_choice, recurrent_init_, uniform_default_
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}

@@ -14,14 +14,21 @@ A plugin adds cells or tasks with two hooks::
 and advertises the module in its ``pyproject.toml``: ``[project.entry-points.rnnbench] mycell = "my_module"``.
 Then ``rnnbench cell=mycell task=adding`` works. ``rnnbench.testing.check_cell`` is the contract kit.
 Importing rnnbench loads no plugin, touches no store and starts nothing.
+
+The plugin API is what this module exports, plus three public modules: :mod:`rnnbench.validation` (the
+validators every config value goes through, raising :class:`ConfigError`), :mod:`rnnbench.init` (recurrent
+weight initialisation) and :mod:`rnnbench.testing` (the contract kit). The built-in cells and tasks use nothing
+else. Every other module is internal: its names may change between releases.
 """
 
 from __future__ import annotations
 
 import pluggy
 
+from rnnbench import validation
 from rnnbench.base import Batch, CellConfig, RecurrentCell, State, Task, TaskConfig
-from rnnbench.registry import CellSpec, TaskSpec
+from rnnbench.errors import ConfigError, PluginError
+from rnnbench.registry import CellSpec, RegisterCell, RegisterTask, TaskSpec
 
 hookimpl = pluggy.HookimplMarker("rnnbench")
 
@@ -29,10 +36,15 @@ __all__ = [
     "Batch",
     "CellConfig",
     "CellSpec",
+    "ConfigError",
+    "PluginError",
     "RecurrentCell",
+    "RegisterCell",
+    "RegisterTask",
     "State",
     "Task",
     "TaskConfig",
     "TaskSpec",
     "hookimpl",
+    "validation",
 ]

@@ -76,8 +76,17 @@ class RecurrentCell(nn.Module):
         """
         return None
 
+    def gate_activations(self, x: Tensor, state: State) -> dict[str, Tensor]:
+        """Optional: the post-sigmoid gate values of the step from ``state`` on ``x`` (B, I), by gate name, each
+        (B, H) in [0, 1]; ``{}`` (the default) for a cell without gates. Diagnostics report each gate's
+        saturation from it; it must not change the cell's state or parameters."""
+        return {}
+
     def recurrent_weights(self) -> dict[str, Tensor]:
-        """The matrices applied to the previous hidden state, by name (diagnostics: spectral radius)."""
+        """The matrices (or, for a diagonal recurrence, vectors) applied to the previous hidden state, by name;
+        diagnostics report their spectral norm and radius. The default finds parameters named ``weight_hh*``;
+        a cell that names them otherwise overrides it, else its runs have no spectral diagnostics (the contract
+        kit says so)."""
         return {name: p for name, p in self.named_parameters() if name.startswith("weight_hh")}
 
 

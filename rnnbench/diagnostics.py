@@ -67,7 +67,7 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,6 @@ import torch
 from torch import Tensor, nn
 
 from rnnbench.base import Batch, RecurrentCell, State, Task
-from rnnbench.errors import ConfigError
 from rnnbench.evaluation import generator
 from rnnbench.layers import FusedEncoder, LoopEncoder
 from rnnbench.model import SequenceModel, loop_named_parameters
@@ -114,32 +113,17 @@ class DiagnosticsSettings:
 
     @classmethod
     def from_node(cls, node: Any) -> DiagnosticsSettings:
-        """Read a composed config node (or a dict); every error names the key, its value and what is allowed."""
+        """Read a composed config node (or a dict), checked by :func:`rnnbench.config.validate_diagnostics`."""
+        from rnnbench.config import validate_diagnostics
+
         if node is None:
             return cls(enabled=False)
         if not isinstance(node, dict):
             from omegaconf import OmegaConf
 
             node = OmegaConf.to_container(node, resolve=True)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(node) - known)
-        if unknown:
-            raise ConfigError(f"diagnostics.{unknown[0]}", node[unknown[0]], f"one of the keys {', '.join(sorted(known))}")
-        settings = cls(**node)
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        for key in ("every", "batch_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"diagnostics.{key}", value, "a positive integer")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError("diagnostics.seed", self.seed, "a non-negative integer")
-        if not (isinstance(self.saturation, (int, float)) and 0.0 < self.saturation < 0.5):
-            raise ConfigError("diagnostics.saturation", self.saturation, "a number in (0, 0.5)")
-        if self.dtype not in DTYPES:
-            raise ConfigError("diagnostics.dtype", self.dtype, f"one of {', '.join(DTYPES)}")
+        validate_diagnostics(node)
+        return cls(**node)
 
 
 def metric_name(text: str) -> str:
@@ -156,11 +140,8 @@ class _GateTally:
         self.counts: dict[str, list[Tensor | int]] = {}
 
     def __call__(self, cell: RecurrentCell, x_t: Tensor, state: State) -> None:
-        gates = getattr(cell, "gate_activations", None)
-        if gates is None:
-            return
         with torch.no_grad():
-            for name, values in gates(x_t, state).items():
+            for name, values in cell.gate_activations(x_t, state).items():
                 entry = self.counts.setdefault(name, [0, 0, 0])
                 entry[0] = entry[0] + (values < self.low).sum()
                 entry[1] = entry[1] + (values > self.high).sum()
@@ -286,7 +267,8 @@ class Diagnostics:
         self.copy = measurement_copy(model, self.dtype)
         gen = generator(settings.seed, "diagnostics", device)
         self.batch = _batch_as(task.sample(settings.batch_size, gen), self.dtype)
-        self.has_gates = any(hasattr(c, "gate_activations") for c in self.copy.encoder.cells())
+        self.has_gates = any(type(c).gate_activations is not RecurrentCell.gate_activations
+                             for c in self.copy.encoder.cells())
         self.measurements: list[Measurement] = []
         self.skipped: list[int] = []
         self.error: str | None = None

@@ -22,9 +22,9 @@ def load_run_arrays(run_id: str, tracking_uri: str | None = None, client: Any = 
     ``cell``, ``task`` and ``dependency_length`` are filled from the run's tags and params when the file lacks
     them. Raises ``FileNotFoundError`` when the run has no diagnostics artifact.
     """
-    from mlflow.tracking import MlflowClient
+    from rnnbench import store
 
-    client = client or MlflowClient(tracking_uri=tracking_uri)
+    client = client or store.client(store.resolve_tracking_uri(tracking_uri), create=False)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{RAW_FILE}", tmp)
@@ -50,9 +50,9 @@ def find_runs_arrays(
     task: str | None = None,
 ) -> list[dict[str, Any]]:
     """Raw numbers of the newest finished run of every (cell, task, length) in ``experiment`` that has them."""
-    from mlflow.tracking import MlflowClient
+    from rnnbench import store
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = store.client(tracking_uri, create=False)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise ConfigError("--experiment", experiment, f"an experiment of {tracking_uri}")
@@ -61,10 +61,8 @@ def find_runs_arrays(
         filters.append(f"tags.`mlflow.parentRunId` = '{parent_run}'")
     if task:
         filters.append(f"tags.`rnnbench.task` = '{task}'")
-    runs = client.search_runs(
-        [found.experiment_id], filter_string=" and ".join(filters), order_by=["attributes.start_time DESC"],
-        max_results=5000,
-    )
+    runs = store.search_all(client, [found.experiment_id], " and ".join(filters),
+                            order_by=["attributes.start_time DESC"])
     seen: set[tuple[str, str, str]] = set()
     out: list[dict[str, Any]] = []
     for run in runs:

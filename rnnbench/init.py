@@ -16,16 +16,9 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from rnnbench.errors import ConfigError
+from rnnbench.validation import choice as check_choice  # noqa: F401 - re-exported for the built-in cells
 
 RECURRENT_INITS: tuple[str, ...] = ("default", "orthogonal", "identity")
-
-
-def check_choice(key: str, value: object, choices: Iterable[str]) -> None:
-    """Raise :class:`ConfigError` naming ``key`` unless ``value`` is one of ``choices``."""
-    choices = tuple(choices)
-    if value not in choices:
-        raise ConfigError(key, value, f"one of {', '.join(choices)}")
 
 
 def uniform_default_(params: Iterable[Tensor], hidden_size: int) -> None:

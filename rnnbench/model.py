@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -79,14 +80,20 @@ def build_model(
 def hidden_size_for_budget(
     spec: CellSpec, cell_kwargs: dict[str, Any], task: Task, budget: int, **model_kwargs: Any
 ) -> int:
-    """The largest hidden size whose model has at most ``budget`` parameters (readout head included)."""
+    """The largest hidden size whose model has at most ``budget`` parameters (readout head included), counted on
+    real (CPU) models; :func:`rnnbench.memory.hidden_size_for_budget` finds the same on the meta device."""
 
     def size(hidden: int) -> int:
         with torch.random.fork_rng(devices=[]):
             return count_parameters(build_model(spec, cell_kwargs, task, hidden, fused=False, **model_kwargs))
 
+    return largest_within(size, budget, spec.name)
+
+
+def largest_within(size: Callable[[int], int], budget: int, cell_name: str) -> int:
+    """The largest hidden size h with ``size(h) <= budget`` (``size`` increasing), by doubling then bisection."""
     if size(1) > budget:
-        raise ConfigError("model.param_budget", budget, f"at least {size(1)} for cell {spec.name!r} on this task")
+        raise ConfigError("model.param_budget", budget, f"at least {size(1)} for cell {cell_name!r} on this task")
     lo, hi = 1, 2
     while size(hi) <= budget:
         lo, hi = hi, hi * 2

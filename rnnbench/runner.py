@@ -29,31 +29,20 @@ import torch
 from omegaconf import OmegaConf
 
 from rnnbench import checkpoint as ckpt
-from rnnbench import identity
+from rnnbench import identity, validation
 from rnnbench.allocator import retain_freed_memory
 from rnnbench.config import constructor_kwargs, validate
 from rnnbench.diagnostics import Diagnostics
-from rnnbench.errors import ConfigError, PluginError, RnnbenchError
+from rnnbench.errors import PluginError, RnnbenchError
 from rnnbench.manager import get_registry, rnnbench_version
-from rnnbench.model import build_model, count_parameters, hidden_size_for_budget
+from rnnbench.memory import check_fits, resolve_device
+from rnnbench.model import build_model, count_parameters
 from rnnbench.population import SinglePopulation, StackedPopulation
 from rnnbench.tracking import MlflowTracker, NullTracker, Tracker, resolve_tracking_uri
 from rnnbench.train import Interrupted, Member, RunResult, train
 
 log = logging.getLogger("rnnbench")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError("trainer.device", name, "auto or cpu: no CUDA device is available on this machine")
-        if ":" in name and int(name.split(":")[1]) >= count:
-            raise ConfigError("trainer.device", name, f"cuda:0 to cuda:{count - 1} (this machine has {count})")
-    return torch.device(name)
 
 
 def configure_process(cfg: Any, device: torch.device, n_parallel: int) -> dict[str, str]:
@@ -265,18 +254,17 @@ def run_job(
     Returns the results of the runs trained or finished now; a run whose configuration already finished is
     skipped (``trainer.resume=true``), so a fully finished job returns an empty list.
     """
-    validate(cfg)
     registry = get_registry()
+    validate(cfg, registry)
     cell_spec, task_spec = registry.cell(cfg.cell.name), registry.task(cfg.task.name)
     device = resolve_device(cfg.trainer.device)
-    process_tags = configure_process(cfg, device, n_parallel)
+    validation.writable_dir("trainer.checkpoint_dir", cfg.trainer.checkpoint_dir, base=original_cwd)
     task = task_spec.task(**constructor_kwargs(cfg.task))
     cell_kwargs = constructor_kwargs(cfg.cell)
+    hidden = check_fits(cfg, task, cell_spec, cell_kwargs, device, task_spec=task_spec).hidden_size
+    process_tags = configure_process(cfg, device, n_parallel)
     model_kwargs = dict(num_layers=cfg.model.num_layers, bidirectional=cfg.model.bidirectional,
                         dropout=cfg.model.dropout)
-    hidden = cfg.model.hidden_size
-    if cfg.model.param_budget is not None:
-        hidden = hidden_size_for_budget(cell_spec, cell_kwargs, task, cfg.model.param_budget, **model_kwargs)
 
     def seeded_model(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)  # a model's initial weights depend on its seed only

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 import math
 from collections.abc import Callable
 from typing import Any
@@ -182,19 +183,23 @@ def _check_cell(
     check.that(not missing, f"no gradient reaches parameter(s) {', '.join(missing)} over {T} steps")
 
     # gate activations for diagnostics
-    if hasattr(c, "gate_activations"):
-        gates = c.gate_activations(x[:, 1], state1)
-        check.that(isinstance(gates, dict) and all(isinstance(v, Tensor) for v in gates.values()),
-                   f"gate_activations returned {type(gates).__name__}; expected dict[str, Tensor]")
-        for gname, v in gates.items():
-            check.that(tuple(v.shape) == (B, H), f"gate_activations[{gname!r}] has shape {tuple(v.shape)}; "
-                       f"expected {(B, H)}")
-            check.that(bool(((v >= 0) & (v <= 1)).all()), f"gate_activations[{gname!r}] leaves [0, 1]")
+    gates = c.gate_activations(x[:, 1], state1)  # declared on RecurrentCell: {} for a cell without gates
+    check.that(isinstance(gates, dict) and all(isinstance(v, Tensor) for v in gates.values()),
+               f"gate_activations returned {type(gates).__name__}; expected dict[str, Tensor]")
+    for gname, v in gates.items():
+        check.that(tuple(v.shape) == (B, H), f"gate_activations[{gname!r}] has shape {tuple(v.shape)}; "
+                   f"expected {(B, H)}")
+        check.that(bool(((v >= 0) & (v <= 1)).all()), f"gate_activations[{gname!r}] leaves [0, 1]")
 
     # recurrent weights are parameters of the cell
     rec = c.recurrent_weights()
     check.that(isinstance(rec, dict) and all(isinstance(v, Tensor) for v in rec.values()),
                f"recurrent_weights returned {type(rec).__name__}; expected dict[str, Tensor]")
+    if not rec:
+        warnings.warn(f"{check.prefix}: recurrent_weights() finds no parameter (the default looks for names "
+                      "starting with 'weight_hh'): its runs will have no diag/sigma_max or diag/spectral_radius; "
+                      "override recurrent_weights() to return the matrices applied to the previous state",
+                      stacklevel=2)
 
     # a long sequence stays finite (default dtype, default init)
     torch.manual_seed(0)

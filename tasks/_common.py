@@ -10,26 +10,15 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from rnnbench import Batch, Task
-from rnnbench.errors import ConfigError
-
-
-def check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(key, value, f"one of {', '.join(allowed)}")
+from rnnbench import validation
+from rnnbench import ConfigError
+from rnnbench.validation import choice as check_choice  # noqa: F401 - used by the tasks
+from rnnbench.validation import number as check_number  # noqa: F401 - used by the tasks
 
 
 def check_int(key: str, value: object, minimum: int, why: str = "") -> int:
     """``value`` as an int, rejected unless it is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(key, value, f"an integer >= {minimum}" + (f" ({why})" if why else ""))
-    return value
-
-
-def check_number(key: str, value: object, low: float, high: float) -> float:
-    """``value`` as a float, rejected unless ``low < value < high``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
-        raise ConfigError(key, value, f"a number in ({low}, {high})")
-    return float(value)
+    return validation.integer(key, value, minimum=minimum, why=why)
 
 
 def draw_int(low: int, high: int, generator: torch.Generator) -> int:

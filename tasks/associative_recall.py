@@ -11,8 +11,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from rnnbench import Batch, TaskConfig, TaskSpec, hookimpl
-from rnnbench.errors import ConfigError
-from rnnbench.registry import RegisterTask
+from rnnbench import ConfigError
+from rnnbench import RegisterTask
 from rnnbench.tasks._common import (
     check_choice,
     check_int,

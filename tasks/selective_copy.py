@@ -9,8 +9,8 @@ import torch
 from torch.nn import functional as F
 
 from rnnbench import Batch, TaskConfig, TaskSpec, hookimpl
-from rnnbench.errors import ConfigError
-from rnnbench.registry import RegisterTask
+from rnnbench import ConfigError
+from rnnbench import RegisterTask
 from rnnbench.tasks._common import (
     MaskedRecallTask,
     check_choice,

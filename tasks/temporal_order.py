@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from rnnbench import Batch, Task, TaskConfig, TaskSpec, hookimpl
-from rnnbench.registry import RegisterTask
+from rnnbench import RegisterTask
 from rnnbench.tasks._common import check_choice, check_int, lag_facts, uniform_lower_median
 
 VARIANTS = ("2bit", "3bit")

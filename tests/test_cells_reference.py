@@ -72,7 +72,7 @@ def final_states(loop: LoopEncoder, x: Tensor) -> list:
         states.append(unroll(layer.fwd, x)[1])
         if layer.bwd is not None:
             states.append(unroll(layer.bwd, x, reverse=True)[1])
-        x = layer(x)
+        x = layer(x)[0]
     return states
 
 
