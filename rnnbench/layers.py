@@ -52,18 +52,41 @@ class RecurrentLayer(nn.Module):
     def cells(self) -> list[RecurrentCell]:
         return [self.fwd] if self.bwd is None else [self.fwd, self.bwd]
 
-    def forward(self, x: Tensor, on_step: StepHook | None = None) -> tuple[Tensor, list[Tensor]]:
-        """Outputs (B, T, D*H) and the forward cell's per-step outputs (T tensors of (B, H))."""
-        steps = unroll(self.fwd, x, on_step=on_step)[0]
-        out = torch.stack(steps, dim=1)  # (B, T, H)
+    def forward(
+        self, x: Tensor, on_step: StepHook | None = None, sequence: bool = True
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Outputs (B, T, D*H) and the forward cell's per-step outputs (T tensors of (B, H)).
+
+        A cell's whole-sequence path (:meth:`RecurrentCell.forward_sequence`) is used when ``sequence`` is true,
+        no ``on_step`` hook is given and the cell has one (the backward direction runs it on the time-reversed
+        sequence); the per-step outputs are then slices of its result, so a gradient with respect to one of them
+        is the direct (readout) part only. Otherwise every step runs through :func:`unroll`."""
+        fast = sequence and on_step is None
+        out = _sequence(self.fwd, x) if fast else None
+        if out is None:
+            steps = unroll(self.fwd, x, on_step=on_step)[0]
+            out = torch.stack(steps, dim=1)  # (B, T, H)
+        else:
+            steps = list(out.unbind(1))
         if self.bwd is not None:
-            back = torch.stack(unroll(self.bwd, x, reverse=True, on_step=on_step)[0], dim=1)  # (B, T, H)
+            back = _sequence(self.bwd, x.flip(1)) if fast else None
+            if back is None:
+                back = torch.stack(unroll(self.bwd, x, reverse=True, on_step=on_step)[0], dim=1)  # (B, T, H)
+            else:
+                back = back.flip(1)
             out = torch.cat([out, back], dim=-1)  # (B, T, 2H)
         return out, steps
 
 
+def _sequence(cell: RecurrentCell, x: Tensor) -> Tensor | None:
+    """``cell.forward_sequence(x)``, or None for a cell without the method or without the path."""
+    method = getattr(cell, "forward_sequence", None)
+    return method(x) if method is not None else None
+
+
 class LoopEncoder(nn.Module):
-    """``num_layers`` recurrent layers with dropout between them, run step by step in Python."""
+    """``num_layers`` recurrent layers with dropout between them: each cell's whole-sequence path where it has
+    one (:meth:`forward`), else step by step in Python (always in :meth:`probe`)."""
 
     def __init__(
         self,
@@ -84,15 +107,20 @@ class LoopEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.probe(x)[0]
+        return self.probe(x, sequence=True)[0]
 
-    def probe(self, x: Tensor, on_step: StepHook | None = None) -> tuple[Tensor, list[Tensor]]:
-        """Outputs (B, T, D*H) and the top layer's forward-direction outputs h_t, one (B, H) tensor per step."""
+    def probe(
+        self, x: Tensor, on_step: StepHook | None = None, sequence: bool = False
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Outputs (B, T, D*H) and the top layer's forward-direction outputs h_t, one (B, H) tensor per step.
+
+        Runs the step path (the h_t are the states the next step reads, so dL/dh_t is the total derivative)
+        unless ``sequence`` is true: :meth:`forward` uses the cells' whole-sequence paths."""
         top: list[Tensor] = []
         for i, layer in enumerate(self.layers):
             if i > 0:
                 x = self.dropout(x)
-            x, top = layer(x, on_step)
+            x, top = layer(x, on_step, sequence)
         return x, top
 
     def cells(self) -> list[RecurrentCell]:
