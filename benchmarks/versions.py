@@ -8,7 +8,7 @@ configuration, ``(t(long) - t(short)) / (long - short)``, so start-up, model bui
 evaluation cancel out.
 
     python benchmarks/versions.py 4bd9558 HEAD                         # gru, adding T=100, hidden 64, 1 seed
-    python benchmarks/versions.py 4bd9558 . -- trainer.seeds=8         # seed-parallel; "." = the working tree
+    python benchmarks/versions.py 4bd9558 . trainer.seeds=8            # seed-parallel; "." = the working tree
 """
 
 from __future__ import annotations
