@@ -4,10 +4,13 @@ Runs are grouped by configuration: every resolved setting but the seed (``rnnben
 the configurations of one cell that differ only in the dependency length (or the x axis chosen with ``--x``);
 several lines of one cell are labelled by the settings that differ between them. A seed *succeeds* when its
 run FINISHED, did not diverge and its final metric (default ``final/accuracy``) is at least the threshold
-(default 0.99). The denominator is the planned seeds: a sweep's plan where there is one, else every seed seen
+(default: the configuration's ``trainer.solved_threshold``, 0.99 unless changed; a capacity sweep climbs
+by the same rule). The denominator is the planned seeds: a sweep's plan where there is one, else every seed seen
 for the configuration; a missing, RUNNING, KILLED or FAILED seed is a failure and marks the length incomplete.
 A length is *solved* when a strict majority of its planned seeds succeed; a line's headline number, the
 *longest solved*, is the largest length L such that every tested length up to L is solved (none: null).
+A seed's *capacity* is the longest length it succeeded at contiguously from the shortest; ``report_capacity``
+tabulates it per cell and task at the best learning rate (``capacity.md``, ``capacity.csv``, ``capacity.png``).
 
 This module is the command (arguments, refused in one line before anything is read or written) and re-exports
 the pieces: ``report_data`` (runs and plans from the store), ``report_plan`` (a sweep's planned seeds),
@@ -108,8 +111,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     which.add_argument("--parent", metavar="RUN_ID", help="a sweep's parent run: its children and reused runs")
     parser.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db")
     parser.add_argument("--out", default="rnnbench-report", type=Path, help="output folder (default: %(default)s)")
-    parser.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
-                        help="success: final metric >= this, in (0, 1] (default: %(default)s)")
+    parser.add_argument("--threshold", type=_threshold, default=None,
+                        help="success: final metric >= this, in (0, 1] (default: each configuration's "
+                        f"trainer.solved_threshold, {DEFAULT_THRESHOLD} unless changed)")
     parser.add_argument("--metric", type=_metric, default=DEFAULT_METRIC,
                         help="metric to compare, higher is better (default: %(default)s; runs logged before it "
                         "existed fall back to their last eval/... value, which the report notes)")

@@ -9,13 +9,14 @@ from typing import Any
 
 from rnnbench.errors import RnnbenchError
 from rnnbench import report_draw as draw, report_write as write
-from rnnbench.report_compute import DEFAULT_THRESHOLD, X_DEFAULT, aggregate, metric_name, select, summary_metrics
+from rnnbench.report_compute import X_DEFAULT, aggregate, metric_name, select, summary_metrics
 from rnnbench.report_data import RunRecord, fallback_metric, record_of
+from rnnbench.report_capacity import CAPACITY_FILES, write_capacity
 from rnnbench.report_plan import Plan
 from rnnbench.report_points import Panel, fmt_x
 
 DEFAULT_METRIC = "final/accuracy"
-REPORT_FILES = ("accuracy.png", "loss_curves.png", "report.md", "results.csv", "summary.json")
+REPORT_FILES = ("accuracy.png", "loss_curves.png", "report.md", "results.csv", "summary.json", *CAPACITY_FILES)
 
 
 @dataclass
@@ -67,7 +68,7 @@ def _notes(records: list[RunRecord], panels: list[Panel], metric: str, x_key: st
         notes.append(f"{len(fallback)} run(s) have no `{metric}` (logged before the final held-out evaluation "
                      f"existed): their last `{alt}` (the training curve's last point) was used instead.")
     gaps = [(line, p, seed, r) for panel in panels for line in panel.lines for p in line.points
-            for seed, r in p.seeds.items() if r is None or r.status != "FINISHED"]
+            for seed, r in p.seeds.items() if (r is None and seed not in p.not_run) or (r and r.status != "FINISHED")]
     if gaps:
         notes.append(
             f"{len(gaps)} planned seed(s) have no finished run and count as failures: "
@@ -92,13 +93,14 @@ def build_report(
     out_dir: Path,
     client: Any | None = None,
     metric: str = DEFAULT_METRIC,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     source: str = "",
     plan: Plan | None = None,
     x_key: str = X_DEFAULT,
 ) -> Report:
     """Aggregate ``runs`` (MLflow runs) against ``plan`` (the seeds a sweep planned) and write the report files
-    into ``out_dir``. Raises :class:`RnnbenchError` before writing anything when there is nothing to report."""
+    into ``out_dir``: a seed succeeds at ``threshold``, or (None) at its configuration's ``trainer.solved_threshold``.
+    Raises :class:`RnnbenchError` before writing anything when there is nothing to report."""
     plan = plan or Plan()
     records = [r for r in (record_of(run, metric, x_key) for run in runs) if r is not None]
     _check(records, runs, metric, x_key, source, plan)
@@ -108,10 +110,12 @@ def build_report(
     notes, counts = _notes(records, panels, metric, x_key)
     notes += placement_notes
     metrics = summary_metrics(panels)
+    thresholds = sorted({p.threshold for panel in panels for line in panel.lines for p in line.points})
     summary = {
         "source": source,
         "metric": metric,
-        "threshold": threshold,
+        "threshold": thresholds[0] if len(thresholds) == 1 else thresholds,
+        "threshold_source": "--threshold" if threshold is not None else "trainer.solved_threshold",
         "x": x_key,
         "success_rule": write.SUCCESS_RULE,
         "notes": notes,
@@ -123,13 +127,13 @@ def build_report(
                    for p in panels],
         "metrics": metrics,
     }
-    text = write.markdown(panels, metric, threshold, source or "the selected runs", x_key, notes)
+    text = write.markdown(panels, metric, thresholds, source or "the selected runs", x_key, notes)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {name: out_dir / name for name in REPORT_FILES}
     plt = draw._pyplot()
     x_label = "dependency length T" if x_key == X_DEFAULT else x_key
-    fig = draw.accuracy_figure(panels, metric, threshold, x_label)
+    fig = draw.accuracy_figure(panels, metric, thresholds, x_label)
     fig.savefig(files["accuracy.png"], dpi=110)
     plt.close(fig)
     histories = draw.loss_histories(client, panels) if client is not None else {}
@@ -138,6 +142,8 @@ def build_report(
     plt.close(fig)
     files["report.md"].write_text(text)
     write.write_csv(files["results.csv"], write.csv_rows(panels))
+    summary["capacity"], capacity_files = write_capacity(panels, out_dir, source or "the selected runs")
+    files.update(capacity_files)
     write.write_json(files["summary.json"], summary)
     return Report(panels, summary, metrics, text, files, notes)
 

@@ -56,9 +56,21 @@ def _line_key(settings: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in settings.items() if k != X_DEFAULT))
 
 
-def aggregate(records: Sequence[RunRecord], plan: Plan | None = None, threshold: float = DEFAULT_THRESHOLD,
+def threshold_of(settings: dict[str, str], threshold: float | None) -> float:
+    """The success threshold of a configuration: ``threshold`` when given, else its ``trainer.solved_threshold``
+    (the threshold its runs and a capacity sweep used; 0.99 when the runs do not record it)."""
+    if threshold is not None:
+        return threshold
+    try:
+        return float(settings.get("trainer.solved_threshold", DEFAULT_THRESHOLD))
+    except ValueError:
+        return DEFAULT_THRESHOLD
+
+
+def aggregate(records: Sequence[RunRecord], plan: Plan | None = None, threshold: float | None = None,
               x_key: str = X_DEFAULT) -> tuple[list[Panel], list[str]]:
-    """Panels (one per task) of lines of points, and notes on what was left out or could not be placed."""
+    """Panels (one per task) of lines of points, and notes on what was left out or could not be placed.
+    ``threshold`` None: each configuration's own ``trainer.solved_threshold`` (:func:`threshold_of`)."""
     plan = plan or Plan()
     selection = select(records)
     notes: list[str] = []
@@ -88,6 +100,9 @@ def aggregate(records: Sequence[RunRecord], plan: Plan | None = None, threshold:
     if unplaced:
         notes.append(f"{unplaced} planned run(s) of the sweep have no run and no recorded settings; they could "
                      "not be placed on a line and are not counted.")
+    not_run: dict[str, dict[int, str]] = {}
+    for (group, seed), why in plan.not_run().items():
+        not_run.setdefault(group, {})[seed] = why
     by_line: dict[tuple[Any, ...], list[tuple[str, dict[str, Any]]]] = {}
     for group, info in groups.items():
         if info["x"] is None:
@@ -106,7 +121,8 @@ def aggregate(records: Sequence[RunRecord], plan: Plan | None = None, threshold:
             notes.append(f"{len(members)} configurations with identical logged settings but different group keys "
                          f"({members[0][1]['cell']} on {members[0][1]['task']}) are shown as separate lines.")
         for part in parts:
-            points = sorted((Point(g, info["length"], info["x"], dict(sorted(info["seeds"].items())), threshold)
+            points = sorted((Point(g, info["length"], info["x"], dict(sorted(info["seeds"].items())),
+                                   threshold_of(info["settings"], threshold), not_run.get(g, {}))
                              for g, info in part), key=lambda p: (p.x, p.dependency_length))
             first = part[0][1]
             settings = dict(key)

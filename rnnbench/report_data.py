@@ -47,6 +47,15 @@ class RunRecord:
     tagged: bool = True
     """Whether the run carried its group key tag (else it was computed from the run's params)."""
     params: dict[str, str] = field(default_factory=dict, repr=False)
+    duration_s: float | None = None
+    """Wall time from the run's start to its end (None while it runs)."""
+    steps_per_second: float | None = None
+    """``time/steps_per_second``: the training loop's rate (evaluations aside)."""
+    threads: int = 1
+    """``rnnbench.threads``: the torch threads the run used (its CPU-seconds are about duration x threads)."""
+    members: int = 1
+    """``rnnbench.seed_parallel``: the runs trained together in its process (they share its time)."""
+    outcome: str = ""
 
 
 @lru_cache(maxsize=None)
@@ -88,6 +97,16 @@ def fallback_metric(metric: str) -> str | None:
     return "eval/" + metric[len("final/"):] if metric.startswith("final/") else None
 
 
+def metric_value(metrics: Mapping[str, float], metric: str) -> tuple[float | None, str]:
+    """A run's ``metric`` (or its fallback, :func:`fallback_metric`) and the name it was read from ("": none)."""
+    if metric in metrics:
+        return metrics[metric], metric
+    alt = fallback_metric(metric)
+    if alt is not None and alt in metrics:
+        return metrics[alt], alt
+    return None, ""
+
+
 def record_of(run: Any, metric: str = "final/accuracy", x_key: str = "task.dependency_length") -> RunRecord | None:
     """A :class:`RunRecord` of an MLflow run, or None for a run that is not an rnnbench job (a sweep parent)."""
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
@@ -95,9 +114,7 @@ def record_of(run: Any, metric: str = "final/accuracy", x_key: str = "task.depen
     task = params.get("task.name") or tags.get("rnnbench.task")
     if not cell or not task or "task.dependency_length" not in params:
         return None
-    source, value = metric, metrics.get(metric)
-    if value is None and (alt := fallback_metric(metric)) in metrics:
-        source, value = alt, metrics[alt]
+    value, source = metric_value(metrics, metric)
     settings = config_settings(params, task)
     group = tags.get(GROUP_KEY_TAG) or identity.group_key(settings)
     x_text = params.get(x_key)
@@ -116,13 +133,20 @@ def record_of(run: Any, metric: str = "final/accuracy", x_key: str = "task.depen
         settings=settings,
         x=x,
         value=_finite(value),
-        value_source=source if value is not None else "",
+        value_source=source,
         baseline=_finite(metrics.get("baseline/" + metric.split("/", 1)[-1])),
         diverged=tags.get("rnnbench.outcome") == "diverged",
         run_key=tags.get("rnnbench.run_key", ""),
         start_time=int(run.info.start_time or 0),
         tagged=GROUP_KEY_TAG in tags,
         params=dict(params),
+        duration_s=(run.info.end_time - run.info.start_time) / 1000 if run.info.end_time and run.info.start_time
+        else None,
+        steps_per_second=_finite(metrics.get("time/steps_per_second")),
+        threads=int(tags.get("rnnbench.threads") or 1) if str(tags.get("rnnbench.threads") or "1").isdigit() else 1,
+        outcome=tags.get("rnnbench.outcome", ""),
+        members=int(tags.get("rnnbench.seed_parallel") or 1) if str(tags.get("rnnbench.seed_parallel") or "1").isdigit()
+        else 1,
     )
 
 

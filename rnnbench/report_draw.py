@@ -1,4 +1,5 @@
-"""Figures of the report (matplotlib, Agg backend): accuracy against the x axis, and training loss curves."""
+"""Figures of the report (matplotlib, Agg backend): accuracy against the x axis, training loss curves, and the
+capacity per cell and task."""
 
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ def _grid(n: int) -> tuple[int, int]:
     return (n + cols - 1) // cols, cols
 
 
-def accuracy_figure(panels: Sequence[Panel], metric: str, threshold: float, x_label: str) -> Any:
+def accuracy_figure(panels: Sequence[Panel], metric: str, thresholds: float | Sequence[float], x_label: str) -> Any:
     """Median final metric over the finished seeds against x (log axis), min-max shaded; solved points filled,
     unsolved ones hollow, incomplete ones ringed in grey; the chance line and the success threshold."""
     plt = _pyplot()
     from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    thresholds = [thresholds] if isinstance(thresholds, (int, float)) else list(thresholds)
 
     rows, cols = _grid(len(panels))
     fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.6 * rows), squeeze=False)
@@ -69,7 +72,8 @@ def accuracy_figure(panels: Sequence[Panel], metric: str, threshold: float, x_la
         if base:
             ax.plot([x for x, _ in base], [v for _, v in base], linestyle="--", color="black", linewidth=1,
                     label="chance (memoryless baseline)")
-        ax.axhline(threshold, linestyle=":", color="grey", linewidth=1, label=f"success threshold {threshold:g}")
+        for threshold in sorted({p.threshold for line in panel.lines for p in line.points} or set(thresholds)):
+            ax.axhline(threshold, linestyle=":", color="grey", linewidth=1, label=f"success threshold {threshold:g}")
         if xs and min(xs) > 0:
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(ScalarFormatter())
@@ -133,3 +137,47 @@ def loss_histories(client: Any, panels: Sequence[Panel], key: str = "train/loss"
                 history = client.get_metric_history(record.run_id, key)
                 out[record.run_id] = sorted((m.step, m.value) for m in history if math.isfinite(m.value))
     return out
+
+
+def capacity_figure(rows: Sequence[Any]) -> Any:
+    """Per task, each row's (``report_capacity.Row``) capacity on a log length axis: the seeds (dots), their median (diamond) and min-max
+    (bar) at the best learning rate; "< first length" drawn left of the first length with a "<" marker."""
+    plt = _pyplot()
+    from matplotlib.ticker import NullFormatter
+
+    tasks = sorted({r.panel.task for r in rows}) or ["-"]
+    n_rows, cols = _grid(len(tasks))
+    height = max(2.6, 0.45 * max((sum(r.panel.task == t for r in rows) for t in tasks), default=1) + 1.6)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(6.4 * cols, height * n_rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        mine = sorted((r for r in rows if r.panel.task == task), key=lambda r: r.label, reverse=True)
+        lengths = sorted({t for r in mine for t in r.lengths})
+        if not lengths:
+            continue
+        below = lengths[0] / 1.7
+        for y, row in enumerate(mine):
+            best = row.best
+            xs = [c if c is not None else below for c in best.capacities.values()]
+            jitter = [0.16 + 0.07 * (i % 3) for i in range(len(xs))]  # seeds just above their row's bar
+            ax.scatter(xs, [y + j for j in jitter], s=14, color="tab:blue", alpha=0.7, zorder=3)
+            lo, hi = best.low or below, best.high or below
+            ax.plot([lo, hi], [y, y], color="tab:blue", linewidth=2, alpha=0.5)
+            med = best.median
+            ax.scatter([med or below], [y], marker="D" if med is not None else "<", s=60, color="tab:red", zorder=4)
+        ax.set_yticks(range(len(mine)))
+        ax.set_yticklabels([f"{r.label}" + (f"  (lr {r.best.lr:g})" if r.best.lr is not None else "") for r in mine],
+                           fontsize="small")
+        ax.set_xscale("log")
+        ax.set_xticks([below, *lengths])
+        ax.set_xticklabels([f"<{lengths[0]}", *map(str, lengths)], fontsize="small")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(below / 1.3, lengths[-1] * 1.3)
+        ax.set_ylim(-0.6, len(mine) - 0.2)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.set_xlabel("capacity: longest dependency length T solved from the shortest (log scale)")
+        ax.set_title(mine[0].panel.title if mine else task, fontsize="medium")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    fig.suptitle("seeds (dots), median (red), min-max (bar) at the best learning rate", fontsize="small")
+    fig.tight_layout()
+    return fig

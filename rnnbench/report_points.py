@@ -3,18 +3,26 @@ differ only in the x axis) and a panel (one task); the success, solved and longe
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 
 from rnnbench.report_data import RunRecord
 
-STATUS_ORDER = ("FINISHED", "RUNNING", "SCHEDULED", "KILLED", "FAILED", "MISSING")
+STATUS_ORDER = ("FINISHED", "NOT_RUN", "RUNNING", "SCHEDULED", "KILLED", "FAILED", "MISSING")
+NOT_RUN = "NOT_RUN"
+"""A planned seed that a capacity sweep did not run: its ladder failed at a shorter length (a failure here)."""
+
+
+def succeeded_value(status: str, diverged: bool, value: float | None, threshold: float) -> bool:
+    """The success rule: the run FINISHED, did not diverge and its finite metric reached the threshold."""
+    return (status == "FINISHED" and not diverged and value is not None and math.isfinite(value)
+            and value >= threshold)
 
 
 def succeeded(record: RunRecord | None, threshold: float) -> bool:
     """A seed succeeds when its run FINISHED, did not diverge and reached the threshold."""
-    return (record is not None and record.status == "FINISHED" and not record.diverged
-            and record.value is not None and record.value >= threshold)
+    return record is not None and succeeded_value(record.status, record.diverged, record.value, threshold)
 
 
 def fmt_x(x: float | None) -> str:
@@ -30,6 +38,14 @@ class Point:
     x: float
     seeds: dict[int, RunRecord | None]
     threshold: float
+    not_run: dict[int, str] = field(default_factory=dict)
+    """Planned seeds without a run by design (above a failure of their capacity ladder) -> why."""
+
+    def status_of(self, seed: int) -> str:
+        record = self.seeds.get(seed)
+        if record is not None:
+            return record.status
+        return NOT_RUN if seed in self.not_run else "MISSING"
 
     @property
     def planned(self) -> int:
@@ -46,8 +62,8 @@ class Point:
     @property
     def statuses(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for record in self.seeds.values():
-            status = "MISSING" if record is None else record.status
+        for seed in self.seeds:
+            status = self.status_of(seed)
             counts[status] = counts.get(status, 0) + 1
         rank = {s: i for i, s in enumerate(STATUS_ORDER)}
         return dict(sorted(counts.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
@@ -61,9 +77,13 @@ class Point:
         return sum(r.diverged for r in self.finished)
 
     @property
+    def not_run_count(self) -> int:
+        return sum(self.status_of(seed) == NOT_RUN for seed in self.seeds)
+
+    @property
     def complete(self) -> bool:
-        """Every planned seed has a finished run."""
-        return all(r is not None and r.status == "FINISHED" for r in self.seeds.values())
+        """Every planned seed has a finished run, or was not run by design (above a failure)."""
+        return all(self.status_of(seed) in ("FINISHED", NOT_RUN) for seed in self.seeds)
 
     @property
     def solved(self) -> bool:
@@ -93,13 +113,15 @@ class Point:
 
     @property
     def incomplete_text(self) -> str:
-        return ", ".join(f"{n} {s}" for s, n in self.statuses.items() if s != "FINISHED")
+        return ", ".join(f"{n} {s}" for s, n in self.statuses.items() if s not in ("FINISHED", NOT_RUN))
 
     @property
     def success_text(self) -> str:
         text = f"{self.successes}/{self.planned}"
         if self.diverged:
             text += f" ({self.diverged} diverged)"
+        if self.not_run_count:
+            text += f", {self.not_run_count} not run (above a failure)"
         if not self.complete:
             text += f", incomplete: {self.incomplete_text}"
         return text

@@ -14,8 +14,9 @@ from rnnbench.report_points import Line, Panel, Point, fmt_x
 
 SUCCESS_RULE = (
     "a seed succeeds when its run FINISHED, did not diverge and its metric >= threshold; a length is solved when "
-    "a strict majority of the planned seeds succeed (a missing, RUNNING, KILLED or FAILED seed is a failure); "
-    "longest solved is the largest tested x such that every tested x up to it is solved (null: none)"
+    "a strict majority of the planned seeds succeed (a missing, RUNNING, KILLED or FAILED seed is a failure, and "
+    "so is a seed a capacity sweep did not run because it failed at a shorter length); longest solved is the "
+    "largest tested x such that every tested x up to it is solved (null: none)"
 )
 
 
@@ -42,21 +43,27 @@ def longest_text(line: Line) -> str:
 
 def _entry(point: Point) -> str:
     """``0.995 (2/3)``, bold when solved; diverged seeds and the seeds without a finished run are listed."""
+    if point.not_run_count == point.planned:
+        return "not run (above a failure)"
     extra = (f", {point.diverged} diverged" if point.diverged else "") + (
+        f", {point.not_run_count} not run" if point.not_run_count else "") + (
         f", incomplete: {point.incomplete_text}" if not point.complete else "")
     text = f"{_fmt(point.median)} ({point.successes}/{point.planned}{extra})"
     return f"**{text}**" if point.solved else text
 
 
-def markdown(panels: Sequence[Panel], metric: str, threshold: float, source: str, x_key: str,
+def markdown(panels: Sequence[Panel], metric: str, thresholds: Sequence[float], source: str, x_key: str,
              notes: Sequence[str] = ()) -> str:
     name = x_name(x_key)
+    shown = ", ".join(f"{t:g}" for t in thresholds) or "-"
     lines = [
         "# rnnbench report",
         "",
-        f"Source: {source}. Metric: `{metric}`; x axis: `{x_key}`. Rule: {SUCCESS_RULE}. Each entry shows the "
+        f"Source: {source}. Metric: `{metric}`; threshold: {shown}; x axis: `{x_key}`. Rule: {SUCCESS_RULE}. "
+        "Each entry shows the "
         "median over the finished seeds and successful seeds / planned seeds, **bold** where solved; *incomplete* "
-        "lists the planned seeds without a finished run.",
+        "lists the planned seeds without a finished run; *not run* counts the seeds a capacity sweep skipped above "
+        "a failure. The capacity table is in [capacity.md](capacity.md).",
         "",
         *(f"- {note}" for note in notes),
         *([""] if notes else []),
@@ -98,6 +105,7 @@ def csv_rows(panels: Sequence[Panel]) -> list[dict[str, Any]]:
                     "diverged": p.diverged,
                     "statuses": " ".join(f"{s}:{n}" for s, n in p.statuses.items()),
                     "complete": p.complete,
+                    "not_run": p.not_run_count,
                     "success": p.success_text,
                     "solved": p.solved,
                     "median": p.median,
@@ -146,10 +154,13 @@ def line_summary(panel: Panel, line: Line, metric_name: str) -> dict[str, Any]:
                 "complete": p.complete,
                 "statuses": p.statuses,
                 "diverged": p.diverged,
+                "not_run": p.not_run_count,
+                "threshold": p.threshold,
                 "median": p.median,
                 "group_key": p.group_key,
-                "seeds": {str(seed): (None if r is None else {"run_id": r.run_id, "status": r.status,
-                                                               "value": r.value, "diverged": r.diverged})
+                "seeds": {str(seed): (({"status": "NOT_RUN", "reason": p.not_run[seed]} if seed in p.not_run else None)
+                                      if r is None else {"run_id": r.run_id, "status": r.status, "value": r.value,
+                                                         "diverged": r.diverged})
                           for seed, r in p.seeds.items()},
             }
             for p in line.points

@@ -40,10 +40,10 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from rnnbench.cli import FAILURES_ENV
-from rnnbench.errors import RnnbenchError, TrackingError
+from rnnbench.errors import FAILURES_ENV, RnnbenchError, TrackingError
 from rnnbench.report_plan import Plan, ended_jobs, plan_from_jobs, planned_jobs
-from rnnbench.sweep_manifest import read_manifest, record_job, record_plan
+from rnnbench.sweep_figures import gradient_flow_figures
+from rnnbench.sweep_manifest import read_manifest, record_job, record_plan, skipped_keys
 from rnnbench.tracking import EXPERIMENT_ENV, PARENT_RUN_ENV
 
 log = logging.getLogger("rnnbench")
@@ -66,6 +66,11 @@ class SweepState:
 
 _active: SweepState | None = None
 _atexit_registered = False
+
+
+def active_sweep() -> SweepState | None:
+    """The sweep this process launched and has not closed yet (its sweeper reads and writes through it)."""
+    return _active if _active is not None and not _active.closed else None
 
 
 def _resolve_uri(config: Any, cwd: Path) -> str:
@@ -150,9 +155,10 @@ def _user_failures() -> list[str]:
 
 
 def collect_runs(
-    client: Any, state: SweepState, jobs: list[dict[str, Any]]
+    client: Any, state: SweepState, jobs: list[dict[str, Any]], not_run: Any = ()
 ) -> tuple[list[Any], list[str], list[str]]:
-    """(runs of the sweep, ids of reused earlier runs, run keys of jobs that have no finished run)."""
+    """(runs of the sweep, ids of reused earlier runs, run keys of jobs that have no finished run); the run keys
+    in ``not_run`` (a capacity sweep's lengths above a failure) are looked up but never missing."""
     from rnnbench.report import search_all
 
     children = search_all(client, [state.experiment_id], f"tags.`mlflow.parentRunId` = '{state.parent_run_id}'")
@@ -170,50 +176,9 @@ def collect_runs(
         )
         if earlier:
             reused.append(earlier[0])
-        else:
+        elif key not in not_run:
             missing.append(key)
     return children + reused, [r.info.run_id for r in reused], missing
-
-
-def gradient_flow_figures(client: Any, runs: list[Any]) -> dict[str, Any]:
-    """Gradient-flow figures (``rnnbench.diagnostics``) of the sweep's runs that recorded diagnostics.
-
-    One figure per task, named ``gradient_flow.png`` (``gradient_flow_<task>.png`` with several tasks), drawn
-    from one finished run per (task, cell, length). Runs without diagnostics are skipped; no figure when none
-    has them or the diagnostics module does not offer the figure.
-    """
-    try:
-        from rnnbench.diagnostics_figures import gradient_flow_figure
-        from rnnbench.diagnostics_runs import load_run_arrays
-    except ImportError:
-        try:
-            from rnnbench.diagnostics import gradient_flow_figure, load_run_arrays  # before the split
-        except ImportError:
-            return {}
-    chosen: dict[tuple[str, str, str], Any] = {}
-    for run in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):
-        params = run.data.params
-        if run.info.status != "FINISHED" or params.get("diagnostics.enabled", "").lower() != "true":
-            continue
-        key = (params.get("task.name", ""), params.get("cell.name", ""), params.get("task.dependency_length", ""))
-        chosen.setdefault(key, run)
-    by_task: dict[str, list[dict[str, Any]]] = {}
-    for (task, _, _), run in sorted(chosen.items()):
-        try:
-            raw = load_run_arrays(run.info.run_id, client=client)
-        except Exception as exc:  # no diagnostics artifact, or one this version cannot read
-            log.debug("no gradient-flow arrays for run %s: %s", run.info.run_id, exc)
-            continue
-        if raw.get("grad_norm"):
-            by_task.setdefault(task, []).append(raw)
-    figures: dict[str, Any] = {}
-    for task, raws in by_task.items():
-        name = "gradient_flow.png" if len(by_task) == 1 else f"gradient_flow_{task}.png"
-        try:
-            figures[name] = gradient_flow_figure(raws)
-        except Exception as exc:
-            log.warning("gradient-flow figure for %s failed: %s", task, exc)
-    return figures
 
 
 def finish_sweep(state: SweepState, force_failed: bool = False) -> str:
@@ -231,10 +196,11 @@ def finish_sweep(state: SweepState, force_failed: bool = False) -> str:
         lines = read_manifest(state.manifest)
         jobs, planned = ended_jobs(lines), planned_jobs(lines)
         plan = plan_from_jobs(lines)
+        not_run = skipped_keys(lines)
         failures = _user_failures()
         raised = [j for j in jobs if j.get("status") == "FAILED"]
         try:
-            runs, reused, missing = collect_runs(client, state, planned)
+            runs, reused, missing = collect_runs(client, state, planned, not_run)
         except Exception as exc:
             log.warning("could not read back the sweep's runs: %s", exc)
             runs, reused, missing = [], [], []
@@ -248,6 +214,8 @@ def finish_sweep(state: SweepState, force_failed: bool = False) -> str:
         }
         if reused:
             tags["rnnbench.sweep.reused_run_ids"] = ",".join(reused)[:8000]
+        if any(line.get("event") == "ladder" for line in lines) or not_run:
+            tags["rnnbench.sweep.not_run"] = str(len(not_run))
         client.log_batch(state.parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         with tempfile.TemporaryDirectory(prefix="rnnbench-sweep-") as tmp:
             listing = Path(tmp) / "runs.json"
@@ -332,6 +300,12 @@ class SweepCallback(Callback):
 
     def __init__(self) -> None:
         self.manifest: str | None = None
+        try:  # Hydra creates its callbacks before its sweeper: sweeper=capacity needs its class registered first
+            from rnnbench.capacity import register_plugin
+
+            register_plugin()
+        except Exception as exc:  # noqa: BLE001 - only sweeper=capacity needs it, and it then says what failed
+            log.debug("capacity sweeper not registered: %s", exc)
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         close_stale()
@@ -340,6 +314,13 @@ class SweepCallback(Callback):
         global _atexit_registered
         close_stale()
         self.manifest = None
+        try:  # before the parent run exists: a capacity sweep that cannot run creates nothing
+            from rnnbench.capacity import check_config
+
+            check_config(config)
+        except RnnbenchError as exc:
+            print(f"rnnbench: error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from exc  # bad input: exit status 2, like every other refusal
         if config.tracking.backend == "none":
             return
         try:

@@ -1,5 +1,6 @@
 """A sweep's manifest: the jobs it plans (written when it starts) and the jobs that ended, one JSON line each,
-with their members' run keys, seeds, group key and settings (:mod:`rnnbench.identity`)."""
+with their members' run keys, seeds, group key and settings (:mod:`rnnbench.identity`); a capacity sweep adds
+the runs it does not launch because they are above a failure (``skip`` lines) and its ladders."""
 
 from __future__ import annotations
 
@@ -38,6 +39,18 @@ def job_run_keys(job_cfg: Any) -> list[str]:
 def _append(manifest: Path, lines: list[dict[str, Any]]) -> None:
     with open(manifest, "a") as fh:  # one write per call: short appends from concurrent jobs do not interleave
         fh.write("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def record_lines(manifest: Path, lines: list[dict[str, Any]]) -> None:
+    """Append lines written by the sweeper itself: the capacity sweeper's ``plan``, ``skip`` (a seed's length
+    not run because it is above a failure of its ladder) and ``ladder`` lines (:mod:`rnnbench.capacity`)."""
+    _append(manifest, lines)
+
+
+def skipped_keys(lines: list[dict[str, Any]]) -> dict[str, str]:
+    """Run key -> why it was not run, from the manifest's ``skip`` lines."""
+    return {str(line["run_key"]): str(line.get("reason", "not run")) for line in lines
+            if line.get("event") == "skip" and line.get("run_key")}
 
 
 def record_job(manifest: Path, config: Any, job_return: Any) -> None:
