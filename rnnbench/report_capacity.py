@@ -172,8 +172,8 @@ def capacity_text(option: Option, lengths: Sequence[int], short: bool = False) -
 def _entry(row: Row) -> str:
     best = row.best
     text = f"**{capacity_text(best, row.lengths)}**"
-    if len(row.options) > 1 or best.lr is not None:
-        text += f" at lr {best.lr:g}" if best.lr is not None else ""
+    if best.lr is not None:
+        text += f" at lr {best.lr:g}"
     text += f", {row.parameters} params"
     return text + ("" if row.complete else " (incomplete)")
 
