@@ -68,7 +68,7 @@ def test_random_overrides_run_cleanly_or_fail_with_a_clear_message(compose, tmp_
 def test_random_overrides_pass_the_preflight_or_are_refused_in_one_line(compose, tmp_path, overrides):
     """The command line's checks (what runs before Hydra writes anything) on random overrides: a pass, or one line
     naming a key; never another exception."""
-    from rnnbench.cli import check_override_types, check_run, error_line
+    from rnnbench.preflight import check_override_types, check_run, error_line
 
     args = ["tracking=none", "diagnostics=off", *(f"{k}={v}" for k, v in overrides.items())]
     try:
