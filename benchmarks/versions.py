@@ -52,8 +52,9 @@ def worktree(rev: str, root: Path) -> Path | None:
     path = root / rev.replace("/", "_")
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), rev], check=True,
                    capture_output=True)
-    for name in ("plugins", "tasks", "conf"):
-        (path / "rnnbench" / name).symlink_to(path / name)
+    for name in ("plugins", "tasks", "conf"):  # revisions from before these moved into the package
+        if (path / name).is_dir() and not (path / "rnnbench" / name).exists():
+            (path / "rnnbench" / name).symlink_to(path / name)
     return path
 
 
