@@ -83,11 +83,63 @@ class RecurrentCell(nn.Module):
         return {}
 
     def recurrent_weights(self) -> dict[str, Tensor]:
-        """The matrices (or, for a diagonal recurrence, vectors) applied to the previous hidden state, by name;
-        diagnostics report their spectral norm and radius. The default finds parameters named ``weight_hh*``;
-        a cell that names them otherwise overrides it, else its runs have no spectral diagnostics (the contract
-        kit says so)."""
-        return {name: p for name, p in self.named_parameters() if name.startswith("weight_hh")}
+        """The matrices (or, for a diagonal recurrence, vectors) applied to the previous state, by name;
+        diagnostics report their spectral norm and radius.
+
+        The default returns the parameters named ``weight_hh*`` when there are any. Otherwise it finds them by
+        probing one step (:func:`probe_recurrent_weights`): a parameter, or a block of its input columns, is
+        recurrent when it receives a gradient from a step with a zero input and none from a step with a zero
+        state; so ``nn.Linear(I + H, H)`` named ``gate`` over ``[x, h]`` gives ``gate.weight_h``, its ``[:, I:]``
+        block. A cell whose recurrence this cannot see (e.g. complex or reparameterised weights) overrides it;
+        when nothing is found its runs have no spectral diagnostics, and the contract kit says so."""
+        named = {name: p for name, p in self.named_parameters() if name.startswith("weight_hh")}
+        return named or probe_recurrent_weights(self)
+
+
+def _map_state(state: State, fn) -> State:
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+
+
+def _step_gradients(cell: RecurrentCell, x: Tensor, state: State) -> dict[str, Tensor | None]:
+    params = dict(cell.named_parameters())
+    h, new_state = cell(x, state)
+    outputs = [h, *(new_state if isinstance(new_state, tuple) else (new_state,))]
+    total = sum((o.float() * torch.linspace(0.5, 1.5, o.numel(), device=o.device).view_as(o)).sum() for o in outputs)
+    grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
+    return dict(zip(params, grads))
+
+
+def probe_recurrent_weights(cell: RecurrentCell, batch_size: int = 4) -> dict[str, Tensor]:
+    """The parameters (or input-column blocks of a 2-D parameter) a step applies to the previous state: those
+    with a gradient from ``(x = 0, random state)`` and none from ``(random x, state = 0)``. Biases and
+    parameters applied to both are excluded. Uses a private generator: the global RNG is not advanced."""
+    try:
+        ref = next(cell.parameters())
+    except StopIteration:
+        return {}
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(shape) -> Tensor:
+        return (torch.rand(shape, generator=g) * 2 - 1).to(ref.device, ref.dtype)
+
+    zero = cell.init_state(batch_size, device=ref.device, dtype=ref.dtype)
+    state = _map_state(zero, lambda s: rand(s.shape))
+    with torch.enable_grad():
+        from_state = _step_gradients(cell, torch.zeros(batch_size, cell.input_size, device=ref.device,
+                                                       dtype=ref.dtype), state)
+        from_input = _step_gradients(cell, rand((batch_size, cell.input_size)), zero)
+    out: dict[str, Tensor] = {}
+    for name, p in cell.named_parameters():
+        a, b = from_state[name], from_input[name]
+        if a is None or p.dim() not in (1, 2) or not bool((a != 0).any()):
+            continue
+        if b is None or not bool((b != 0).any()):
+            out[name] = p
+        elif p.dim() == 2:
+            columns = ((a != 0).any(0) & ~(b != 0).any(0)).nonzero().flatten().tolist()
+            if len(columns) >= 2 and columns == list(range(columns[0], columns[-1] + 1)):
+                out[f"{name}_h"] = p[:, columns[0]:columns[-1] + 1]
+    return out
 
 
 @dataclass

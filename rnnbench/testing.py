@@ -197,7 +197,7 @@ def _check_cell(
                f"recurrent_weights returned {type(rec).__name__}; expected dict[str, Tensor]")
     if not rec:
         warnings.warn(f"{check.prefix}: recurrent_weights() finds no parameter (the default looks for names "
-                      "starting with 'weight_hh'): its runs will have no diag/sigma_max or diag/spectral_radius; "
+                      "starting with 'weight_hh', then for parameters that only the previous state reaches): its runs will have no diag/sigma_max or diag/spectral_radius; "
                       "override recurrent_weights() to return the matrices applied to the previous state",
                       stacklevel=2)
 

@@ -137,3 +137,56 @@ def test_a_task_with_bad_accuracy_fails() -> None:
 
     with pytest.raises(AssertionError, match=r"task 'PercentAdding': metrics\['accuracy'\] = .* expected a value"):
         check_task(PercentAdding(dependency_length=10))
+
+
+class _ConcatCell(RecurrentCell):
+    """Gates over ``[x, h]`` with a separately named diagonal recurrence: no parameter is named weight_hh."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        self.gate = nn.Linear(input_size + hidden_size, hidden_size)
+        self.read_in = nn.Linear(input_size, hidden_size)
+        self.decay = nn.Parameter(torch.rand(hidden_size))
+
+    def forward(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        g = torch.sigmoid(self.gate(torch.cat([x, h], -1)))
+        h = g * self.decay * h + (1 - g) * torch.tanh(self.read_in(x))
+        return h, h
+
+
+class _HiddenRecurrenceCell(_Elman):
+    """The recurrence goes through exp(A), a parameter both a zero input and a zero state reach: unseen."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        del self.weight_hh
+        self.A = nn.Parameter(torch.randn(hidden_size) * 0.1)
+
+    def forward(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        h = torch.exp(-self.A.exp()) * h + torch.tanh(x @ self.weight_ih.t() + self.A)
+        return h, h
+
+
+def test_default_recurrent_weights_find_the_matrices_applied_to_the_state() -> None:
+    torch.manual_seed(0)
+    cell = _ConcatCell(3, 4)
+    state = torch.random.get_rng_state()
+    found = cell.recurrent_weights()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert sorted(found) == ["decay", "gate.weight_h"]
+    assert found["gate.weight_h"].shape == (4, 4) and torch.equal(found["gate.weight_h"], cell.gate.weight[:, 3:])
+    assert found["decay"] is cell.decay
+
+
+def test_default_recurrent_weights_prefer_weight_hh_names() -> None:
+    assert list(_Elman(3, 4).recurrent_weights()) == ["weight_hh"]
+
+
+def test_the_kit_warns_when_no_recurrent_weight_is_found() -> None:
+    with pytest.warns(UserWarning, match="no diag/sigma_max or diag/spectral_radius"):
+        check_cell(_HiddenRecurrenceCell)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_cell(_ConcatCell)

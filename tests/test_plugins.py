@@ -135,11 +135,29 @@ def test_every_hook_has_a_test_and_a_readme_section():
 
 
 @pytest.mark.slow
-def test_installed_example_plugin_is_discovered_and_runs(cli):
+def test_installed_example_plugin_is_discovered_and_runs_with_every_diagnostic(cli, tmp_path):
     listing = cli("plugins", check=True).stdout
     assert re.search(r"mgu\s+rnnbench-mgu==0\.1\.0", listing)
-    proc = cli("cell=mgu", *SMOKE, check=True)
+    proc = cli("cell=mgu", "trainer=smoke", "model.hidden_size=8", "task.dependency_length=10",
+               "diagnostics.figures=false", check=True)
     assert "rnnbench: mgu on adding" in proc.stdout
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    metrics = run.data.metrics
+    for name in ("forget.weight_h_l0", "candidate.weight_h_l0"):  # found by the default recurrent_weights()
+        assert f"diag/sigma_max/{name}" in metrics and f"diag/spectral_radius/{name}" in metrics
+    assert any(k.startswith("diag/gate_saturation/forget") for k in metrics), sorted(metrics)
+
+
+def test_the_readme_shows_the_example_plugin_word_for_word():
+    """Every README code block announced by ``<!-- file: path -->`` is that file of the repository."""
+    blocks = re.findall(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", README.read_text(), re.S)
+    assert {path for path, _ in blocks} >= {"examples/rnnbench-mgu/rnnbench_mgu.py",
+                                           "examples/rnnbench-mgu/pyproject.toml"}
+    for path, text in blocks:
+        assert text == (README.parent / path).read_text(), f"README's copy of {path} differs from the file"
 
 
 @pytest.mark.slow

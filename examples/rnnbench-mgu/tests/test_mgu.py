@@ -15,3 +15,10 @@ def test_mgu_equations():
     f = torch.sigmoid(cell.forget(torch.cat([x, h], -1)))
     expected = (1 - f) * h + f * torch.tanh(cell.candidate(torch.cat([x, f * h], -1)))
     torch.testing.assert_close(cell(x, h)[0], expected)
+
+
+def test_mgu_recurrent_weights_are_the_state_columns():
+    cell = MGUCell(3, 4)
+    found = cell.recurrent_weights()
+    assert sorted(found) == ["candidate.weight_h", "forget.weight_h"]
+    assert torch.equal(found["forget.weight_h"], cell.forget.weight[:, 3:])
