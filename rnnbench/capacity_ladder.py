@@ -181,9 +181,9 @@ class StoreResults:
     """Results of run keys, read from the newest FINISHED run of each key in one experiment."""
 
     def __init__(self, uri: str, experiment_id: str) -> None:
-        from mlflow.tracking import MlflowClient
+        from rnnbench import store
 
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = store.client(uri)
         self.experiment_id = experiment_id
 
     def finished(self, key: str) -> Any | None:

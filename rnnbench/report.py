@@ -145,13 +145,9 @@ def main(argv: Sequence[str]) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = resolve_uri(args.tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        from rnnbench.tracking import check_server
+    from rnnbench import store
 
-        check_server(uri)
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = store.client(uri, create=False)
     if args.parent:
         plan = plan_of_parent_id(client, args.parent)
         runs = runs_of_parent(client, args.parent, plan)
@@ -169,6 +165,13 @@ def main(argv: Sequence[str]) -> int:
     if args.attach:
         attach(client, args.parent, report)
     print(headline(report))
-    print(f"\nrnnbench: report written to {args.out.resolve()}" + (f" and {args.plot}" if args.plot else ""),
-          file=sys.stderr)
+    print(f"\nrnnbench: report written to {args.out.resolve()} (open {report.files['index.html'].name} in a browser)"
+          + (f" and {args.plot}" if args.plot else ""), file=sys.stderr)
+    if args.attach:
+        from rnnbench.ui import browse_lines, ensure_view
+
+        experiment_id = client.get_run(args.parent).info.experiment_id
+        ensure_view(client, experiment_id)  # an experiment from before rnnbench stored its runs view
+        print("rnnbench: attached to the parent run\n  " + "\n  ".join(
+            browse_lines(uri, experiment_id, args.parent, report=True)), file=sys.stderr)
     return 0

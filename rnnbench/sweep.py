@@ -43,7 +43,7 @@ from hydra.experimental.callback import Callback
 from rnnbench.errors import FAILURES_ENV, RnnbenchError, TrackingError
 from rnnbench.report_plan import Plan, ended_jobs, plan_from_jobs, planned_jobs
 from rnnbench.sweep_figures import gradient_flow_figures
-from rnnbench.sweep_manifest import read_manifest, record_job, record_plan, skipped_keys
+from rnnbench.sweep_manifest import read_manifest, record_job, record_plan, skipped_keys, sweep_params
 from rnnbench.tracking import EXPERIMENT_ENV, PARENT_RUN_ENV
 
 log = logging.getLogger("rnnbench")
@@ -107,18 +107,14 @@ def start_sweep(config: Any, cwd: Path | None = None) -> SweepState:
     """Prepare store, experiment and parent run; export the parent and experiment ids to the environment."""
     global _active
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow.tracking import MlflowClient
-
-    from rnnbench.tracking import check_server, ensure_experiment
+    from rnnbench import store
 
     cwd = cwd or Path.cwd()
     uri = _resolve_uri(config, cwd)
-    if uri.startswith(("http://", "https://")):
-        check_server(uri)
-    client = MlflowClient(tracking_uri=uri)
+    client = store.client(uri)  # checks a server; creates or migrates a SQLite store under its lock
     name = str(config.tracking.experiment)
     try:
-        experiment_id = ensure_experiment(client, name)  # creates and migrates a fresh store, once
+        experiment_id = store.ensure_experiment(client, name)  # creates and migrates a fresh store, once
     except TrackingError:
         raise
     except Exception as exc:
@@ -188,11 +184,13 @@ def finish_sweep(state: SweepState, force_failed: bool = False) -> str:
         return "CLOSED"
     state.closed = True
     status = "FAILED" if force_failed else "FINISHED"
+    reported = False
     try:
         from mlflow.entities import RunTag
-        from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=state.uri)
+        from rnnbench import store
+
+        client = store.client(state.uri)
         lines = read_manifest(state.manifest)
         jobs, planned = ended_jobs(lines), planned_jobs(lines)
         plan = plan_from_jobs(lines)
@@ -232,32 +230,36 @@ def finish_sweep(state: SweepState, force_failed: bool = False) -> str:
             ) + "\n")
             client.log_artifact(state.parent_run_id, str(listing), "sweep")
             if runs or plan.groups:
-                _report_to_parent(client, state, runs, Path(tmp) / "report", plan)
+                reported = _report_to_parent(client, state, runs, Path(tmp) / "report", plan)
     except Exception as exc:
         log.warning("the sweep report could not be logged to parent run %s: %s", state.parent_run_id, exc)
     finally:
         try:
-            from mlflow.tracking import MlflowClient
+            from rnnbench import store
 
-            MlflowClient(tracking_uri=state.uri).set_terminated(state.parent_run_id, status)
+            store.client(state.uri).set_terminated(state.parent_run_id, status)
         except Exception as exc:
             log.warning("could not close sweep parent run %s: %s", state.parent_run_id, exc)
         _restore_env(state)
         if _active is state:
             _active = None
-    link = _ui_link(state)
-    print(f"rnnbench: sweep parent run {state.parent_run_id} {status}; {link}", file=sys.stderr, flush=True)
+    from rnnbench.ui import browse_lines
+
+    links = browse_lines(state.uri, state.experiment_id, state.parent_run_id, report=reported)
+    print(f"rnnbench: sweep parent run {state.parent_run_id} {status} in experiment {state.experiment_name!r}\n  "
+          + "\n  ".join(links), file=sys.stderr, flush=True)
     return status
 
 
-def _report_to_parent(client: Any, state: SweepState, runs: list[Any], out_dir: Path, plan: Plan | None = None) -> None:
+def _report_to_parent(client: Any, state: SweepState, runs: list[Any], out_dir: Path, plan: Plan | None = None) -> bool:
+    """Build the sweep's report and log it to the parent run; False when there is nothing to report."""
     from rnnbench.report import attach, build_report, headline
 
     try:
         report = build_report(runs, out_dir, client, source=f"sweep parent run {state.parent_run_id}", plan=plan)
     except RnnbenchError as exc:
         log.warning("no sweep report: %s", exc)
-        return
+        return False
     try:
         figures = gradient_flow_figures(client, runs)
     except Exception as exc:
@@ -265,13 +267,23 @@ def _report_to_parent(client: Any, state: SweepState, runs: list[Any], out_dir: 
         figures = {}
     attach(client, state.parent_run_id, report, figures)
     print(headline(report), flush=True)
+    return True
 
 
-def _ui_link(state: SweepState) -> str:
-    path = f"#/experiments/{state.experiment_id}/runs/{state.parent_run_id}"
-    if state.uri.startswith(("http://", "https://")):
-        return f"open {state.uri.rstrip('/')}/{path}"
-    return f"browse with: mlflow ui --backend-store-uri {state.uri}  then http://127.0.0.1:5000/{path}"
+def log_sweep_params(state: SweepState, config: Any) -> None:
+    """The sweep as the parent run's params (:func:`rnnbench.sweep_manifest.sweep_params`)."""
+    from mlflow.entities import Param
+
+    from rnnbench import store
+
+    try:
+        params = sweep_params(config, read_manifest(state.manifest))
+        params_list = [Param(k, v) for k, v in params.items()]
+        client = store.client(state.uri)
+        for i in range(0, len(params_list), 100):
+            client.log_batch(state.parent_run_id, params=params_list[i : i + 100])
+    except Exception as exc:  # noqa: BLE001 - the parent's description of the sweep, not the sweep itself
+        log.warning("could not log the sweep's params to parent run %s: %s", state.parent_run_id, exc)
 
 
 def _restore_env(state: SweepState) -> None:
@@ -327,8 +339,12 @@ class SweepCallback(Callback):
             state = start_sweep(config)
         except RnnbenchError as exc:
             raise SystemExit(f"rnnbench: error: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - Hydra turns a callback's exception into a warning and goes on
+            message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise SystemExit(f"rnnbench: error: the sweep could not start its parent run: {message}") from exc
         self.manifest = str(state.manifest)
         record_plan(state.manifest, config)
+        log_sweep_params(state, config)
         if not _atexit_registered:
             atexit.register(_at_exit)
             _atexit_registered = True
