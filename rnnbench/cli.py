@@ -55,6 +55,7 @@ def _hydra_app():
         if n_jobs < 0:
             n_jobs = os.cpu_count() or 1
 
+        from rnnbench.orphans import exit_if_orphaned
         from rnnbench.runner import run_job
         from rnnbench.train import Interrupted
 
@@ -73,6 +74,7 @@ def _hydra_app():
             return
         except Interrupted as exc:
             log.error("%s interrupted by signal %d; checkpoint saved, run marked KILLED", label, exc.signum)
+            exit_if_orphaned()  # a launcher's worker whose sweep was killed: the worker ends too
             sys.exit(128 + exc.signum)
         except KeyboardInterrupt:
             log.error("%s interrupted; checkpoint saved, run marked KILLED", label)

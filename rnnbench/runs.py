@@ -1,6 +1,7 @@
 """``rnnbench runs``: keep the tracking store truthful.
 
-    rnnbench runs reap [--stale-after 600]     mark RUNNING runs whose process died (stale heartbeat) KILLED
+    rnnbench runs reap [--stale-after 600]     mark RUNNING runs whose process died (stale heartbeat) KILLED,
+                                               and sweep parents whose launching process is gone
     rnnbench runs upload FILE                  send a run journaled while the store was unreachable
 """
 
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import time
 from pathlib import Path
 
 from rnnbench import validation
 from rnnbench.errors import RnnbenchError
+from rnnbench.orphans import HOST_TAG, PID_TAG, launcher_gone
 from rnnbench.store import client as store_client
 from rnnbench.store import resolve_tracking_uri, search_all
 from rnnbench.tracking import HEARTBEAT_TAG, apply_operation
@@ -23,6 +26,18 @@ OPERATIONS = ("metrics", "tags", "artifact", "terminate")
 def _client(uri: str | None):
     """A client on an existing store (maintenance never creates one)."""
     return store_client(resolve_tracking_uri(uri), create=False)
+
+
+def _parent_stale(client, parent, cutoff: float) -> bool:
+    """A sweep parent launched on another host: stale when it and every child of it started, ended or beat
+    its heartbeat before ``cutoff``. On this host its launching process decides (:func:`launcher_gone`)."""
+    if parent.data.tags.get(HOST_TAG) == socket.gethostname():
+        return False
+    times = [parent.info.start_time / 1000]
+    for child in search_all(client, [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"):
+        times.append(max(float(child.data.tags.get(HEARTBEAT_TAG, 0)), (child.info.end_time or 0) / 1000,
+                         child.info.start_time / 1000))
+    return max(times) < cutoff
 
 
 def reap(uri: str | None, experiment: str | None, stale_after: float, dry_run: bool) -> list[str]:
@@ -40,16 +55,25 @@ def reap(uri: str | None, experiment: str | None, stale_after: float, dry_run: b
     now = time.time()
     reaped = []
     for run in search_all(client, experiments, "attributes.status = 'RUNNING'"):
-        last = float(run.data.tags.get(HEARTBEAT_TAG, run.info.start_time / 1000))
-        if now - last < stale_after:
-            continue
-        reaped.append(run.info.run_id)
-        age = f"{(now - last) / 60:.1f} min"
-        print(f"{'would reap' if dry_run else 'reaped'} {run.info.run_id} ({run.info.run_name}): no heartbeat for {age}")
+        if PID_TAG in run.data.tags:  # a sweep's parent run: alive while its launcher is, or its jobs are
+            if launcher_gone(run.data.tags):
+                why = "the process that launched the sweep is gone"
+            elif _parent_stale(client, run, now - stale_after):
+                why = f"no job of the sweep started, ended or beat for over {stale_after / 60:.1f} min"
+            else:
+                continue
+        else:
+            last = float(run.data.tags.get(HEARTBEAT_TAG, run.info.start_time / 1000))
+            if now - last < stale_after:
+                continue
+            why = f"no heartbeat for {(now - last) / 60:.1f} min"
+        reaped.append((run, why))
+    for run, why in reaped:  # decided first: closing a child must not make its parent look active
+        print(f"{'would reap' if dry_run else 'reaped'} {run.info.run_id} ({run.info.run_name}): {why}")
         if not dry_run:
             client.set_tag(run.info.run_id, "rnnbench.outcome", "interrupted")
             client.set_terminated(run.info.run_id, "KILLED")
-    return reaped
+    return [run.info.run_id for run, _ in reaped]
 
 
 def read_journal(path: Path) -> list[dict]:

@@ -41,6 +41,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from rnnbench.errors import FAILURES_ENV, RnnbenchError, TrackingError
+from rnnbench.orphans import LAUNCHER_ENV, close_orphaned_parents, exit_if_orphaned, launcher_tags, watch_launcher
 from rnnbench.report_plan import Plan, ended_jobs, plan_from_jobs, planned_jobs
 from rnnbench.sweep_figures import gradient_flow_figures
 from rnnbench.sweep_manifest import read_manifest, record_job, record_plan, skipped_keys, sweep_params
@@ -95,6 +96,7 @@ def _sweep_tags(config: Any, sweep_dir: Path) -> dict[str, str]:
         "rnnbench.sweep.dir": str(sweep_dir),
         "rnnbench.sweep.launcher": launcher.rsplit(".", 1)[-1],
         "rnnbench.version": rnnbench_version(),
+        **launcher_tags(),
     }
     if params:
         tags["rnnbench.sweep.params"] = json.dumps(OmegaConf.to_container(params, resolve=False), sort_keys=True)
@@ -115,6 +117,8 @@ def start_sweep(config: Any, cwd: Path | None = None) -> SweepState:
     name = str(config.tracking.experiment)
     try:
         experiment_id = store.ensure_experiment(client, name)  # creates and migrates a fresh store, once
+        for run_id in close_orphaned_parents(client, [experiment_id]):
+            log.warning("closed sweep parent run %s KILLED: the process that launched it is gone", run_id)
     except TrackingError:
         raise
     except Exception as exc:
@@ -333,6 +337,7 @@ class SweepCallback(Callback):
         except RnnbenchError as exc:
             print(f"rnnbench: error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from exc  # bad input: exit status 2, like every other refusal
+        os.environ[LAUNCHER_ENV] = str(os.getpid())  # a worker's job stops when this process is gone
         if config.tracking.backend == "none":
             return
         try:
@@ -349,13 +354,16 @@ class SweepCallback(Callback):
             atexit.register(_at_exit)
             _atexit_registered = True
 
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        watch_launcher()
+
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
-        if self.manifest is None:
-            return
-        try:
-            record_job(Path(self.manifest), config, job_return)
-        except OSError as exc:
-            log.warning("could not record job in the sweep manifest %s: %s", self.manifest, exc)
+        if self.manifest is not None:
+            try:
+                record_job(Path(self.manifest), config, job_return)
+            except OSError as exc:
+                log.warning("could not record job in the sweep manifest %s: %s", self.manifest, exc)
+        exit_if_orphaned()
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         if _active is not None and not _active.closed and self.manifest is not None:
