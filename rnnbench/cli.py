@@ -5,6 +5,7 @@
     rnnbench plugins                                 installed cells and tasks, and who provides them
     rnnbench report ...                              accuracy against dependency length from the store
     rnnbench runs ...                                maintenance of the tracking store
+    rnnbench ui                                      the MLflow UI on the store, with links to runs and report
 
 Torch and MLflow are imported only when a job runs, so ``--help`` answers quickly.
 
@@ -30,6 +31,7 @@ SUBCOMMANDS = {
     "report": "rnnbench.report:main",
     "diagnostics": "rnnbench.diagnostics_runs:main",
     "runs": "rnnbench.runs:main",
+    "ui": "rnnbench.ui:main",
 }
 
 
@@ -89,6 +91,14 @@ def _hydra_app():
                 f"seed {result.seed}): {result.outcome} at step {result.step}; {metrics}; memoryless baseline {base}",
                 flush=True,
             )
+        if not multirun and results and results[0].experiment_id is not None:
+            from rnnbench.tracking import resolve_tracking_uri
+            from rnnbench.ui import browse_lines
+
+            uri = resolve_tracking_uri(cfg.tracking.uri, Path(hc.runtime.cwd))
+            run_id = results[0].run_id if len(results) == 1 else None
+            print("rnnbench: in MLflow\n  " + "\n  ".join(browse_lines(uri, results[0].experiment_id, run_id)),
+                  flush=True)
 
     return app
 

@@ -345,8 +345,11 @@ def client(uri: str, create: bool = True) -> Any:
 
 
 def ensure_experiment(client: Any, name: str) -> str:
-    """The id of experiment ``name``, created if missing; safe when several processes race to create it."""
+    """The id of experiment ``name``, created if missing; safe when several processes race to create it. The
+    experiment gets rnnbench's runs view for the UI (:func:`rnnbench.ui.ensure_view`)."""
     from mlflow.exceptions import MlflowException
+
+    from rnnbench.ui import ensure_view
 
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -355,14 +358,17 @@ def ensure_experiment(client: Any, name: str) -> str:
                 f"tracking.experiment={name!r} is deleted in {client.tracking_uri}; restore it "
                 f"(mlflow experiments restore) or choose another name"
             )
+        ensure_view(client, experiment)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        experiment_id = client.create_experiment(name)
     except MlflowException:
         experiment = client.get_experiment_by_name(name)  # another process created it first
         if experiment is None:
             raise
-        return experiment.experiment_id
+        experiment_id = experiment.experiment_id
+    ensure_view(client, experiment_id)
+    return experiment_id
 
 
 def check_server(uri: str) -> None:

@@ -63,6 +63,9 @@ class RunResult:
     baseline: dict[str, float]
     diverged_step: int | None = None
     seed: int | None = None
+    run_id: str | None = None
+    """The MLflow run (None without tracking)."""
+    experiment_id: str | None = None
 
 
 class Interrupted(Exception):
@@ -178,7 +181,8 @@ def train(
         model = population.model_of(k)  # the member's model object holds its final weights
         if m.diagnostics is not None:
             m.diagnostics.finish(m.tracker, model, at)
-        m.result = RunResult(outcome, diverged_step or at, metrics | summary, baseline, diverged_step, m.seed)
+        m.result = RunResult(outcome, diverged_step or at, metrics | summary, baseline, diverged_step, m.seed,
+                             m.tracker.run_id, getattr(m.tracker, "experiment_id", None))
         tags = {"rnnbench.outcome": outcome}
         if diverged_step is not None:
             tags["rnnbench.diverged_step"] = str(diverged_step)
