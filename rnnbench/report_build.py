@@ -11,12 +11,14 @@ from rnnbench.errors import RnnbenchError
 from rnnbench import report_draw as draw, report_write as write
 from rnnbench.report_compute import X_DEFAULT, aggregate, metric_name, select, summary_metrics
 from rnnbench.report_data import RunRecord, fallback_metric, record_of
+from rnnbench.report_html import figures_as_text, write_html
 from rnnbench.report_capacity import CAPACITY_FILES, write_capacity
 from rnnbench.report_plan import Plan
 from rnnbench.report_points import Panel, fmt_x
 
 DEFAULT_METRIC = "final/accuracy"
-REPORT_FILES = ("accuracy.png", "loss_curves.png", "report.md", "results.csv", "summary.json", *CAPACITY_FILES)
+REPORT_FILES = ("index.html", "accuracy.png", "loss_curves.png", "report.md", "results.csv", "summary.json",
+                *CAPACITY_FILES)
 
 
 @dataclass
@@ -27,6 +29,8 @@ class Report:
     markdown: str
     files: dict[str, Path]
     notes: list[str] = field(default_factory=list)
+    pages: dict[str, str] = field(default_factory=dict)
+    """The Markdown of index.html's sections, with their figures (report.md and capacity.md name them)."""
 
 
 def _check(records: list[RunRecord], runs: Sequence[Any], metric: str, x_key: str, source: str, plan: Plan) -> None:
@@ -140,12 +144,15 @@ def build_report(
     fig = draw.loss_figure(panels, histories)
     fig.savefig(files["loss_curves.png"], dpi=90)
     plt.close(fig)
-    files["report.md"].write_text(text)
+    files["report.md"].write_text(figures_as_text(text))
     write.write_csv(files["results.csv"], write.csv_rows(panels))
     summary["capacity"], capacity_files = write_capacity(panels, out_dir, source or "the selected runs")
     files.update(capacity_files)
     write.write_json(files["summary.json"], summary)
-    return Report(panels, summary, metrics, text, files, notes)
+    pages = {"report.md": text, "capacity.md": files["capacity.md"].read_text()}
+    files["capacity.md"].write_text(figures_as_text(pages["capacity.md"]))
+    write_html(files["index.html"], pages, out_dir)
+    return Report(panels, summary, metrics, text, files, notes, pages)
 
 
 def headline(report: Report) -> str:
@@ -153,11 +160,22 @@ def headline(report: Report) -> str:
 
 
 def attach(client: Any, run_id: str, report: Report, extra_figures: dict[str, Any] | None = None) -> None:
-    """Log the report to ``run_id``: files under ``report/``, summary metrics, and a run description."""
+    """Log the report to ``run_id``: files under ``report/``, summary metrics, and a run description that links
+    to ``report/index.html`` (the page with the figures and tables)."""
     import time
 
     from mlflow.entities import Metric, RunTag
 
+    from rnnbench.ui import REPORT_PAGE, link
+
+    if extra_figures and "index.html" in report.files:  # the sweep's gradient-flow figures: on the page too
+        folder = report.files["index.html"].parent
+        sections = {"report.md": report.pages.get("report.md", report.markdown)}
+        for name, fig in extra_figures.items():
+            fig.savefig(folder / name, dpi=110)
+            sections[name.rsplit(".", 1)[0] + ".md"] = f"## Gradient flow\n\n![{name}]({name})\n"
+        sections.update({k: v for k, v in report.pages.items() if k not in sections})
+        write_html(report.files["index.html"], sections, folder)
     for path in report.files.values():
         if path.exists():
             client.log_artifact(run_id, str(path), "report")
@@ -167,8 +185,11 @@ def attach(client: Any, run_id: str, report: Report, extra_figures: dict[str, An
     metrics = [Metric(k, v, now, 0) for k, v in report.metrics.items()]
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    experiment_id = client.get_run(run_id).info.experiment_id
+    page = link(None, experiment_id, run_id, REPORT_PAGE)
     note = (
-        "Sweep report: accuracy against dependency length is in the Artifacts tab, report/accuracy.png.\n\n"
-        + headline(report)
+        f"**[Sweep report: accuracy against dependency length]({page})** (the Artifacts tab, {REPORT_PAGE}: "
+        "figures and tables on one page; the figures also as report/accuracy.png and report/loss_curves.png)."
+        "\n\n" + headline(report)
     )
     client.log_batch(run_id, tags=[RunTag("mlflow.note.content", note[:8000])])
