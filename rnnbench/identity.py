@@ -56,8 +56,13 @@ def group_key(resolved: Mapping[str, Any]) -> str:
 
 
 def group_settings(flat: Mapping[str, str]) -> dict[str, str]:
-    """The settings that define a group, from flattened config (e.g. a run's MLflow params)."""
-    return _kept(flat, GROUP_VOLATILE)
+    """The settings that define a group, from flattened config (e.g. a run's MLflow params). With a
+    ``model.param_budget`` the budget decides the hidden size: ``model.hidden_size`` is left out, so the config's
+    unused value (a sweep's plan) and the size the run logs (its params) describe the same configuration."""
+    kept = _kept(flat, GROUP_VOLATILE)
+    if kept.get("model.param_budget", "null") not in ("null", "None", ""):
+        kept.pop("model.hidden_size", None)
+    return kept
 
 
 def member_seeds(seed: int, members: int) -> list[int]:

@@ -38,6 +38,7 @@ from rnnbench.manager import get_registry, rnnbench_version
 from rnnbench.memory import check_fits, resolve_device
 from rnnbench.model import build_model, count_parameters
 from rnnbench.population import SinglePopulation, StackedPopulation
+from rnnbench.run_info import run_params, run_tags
 from rnnbench.tracking import MlflowTracker, NullTracker, Tracker, resolve_tracking_uri
 from rnnbench.train import Interrupted, Member, RunResult, train
 
@@ -331,12 +332,10 @@ def _train_group(cfg: Any, plans: list[Plan], seeded_model: Callable[[int], torc
     members: list[Member] = []
     try:
         for index, plan in enumerate(plans):
-            params = identity.flatten(plan.resolved)
-            params.update({f"task.{k}": str(v) for k, v in task.describe().items() if f"task.{k}" not in params})
-            params.update({"model.resolved_hidden_size": str(hidden),
-                           "model.num_parameters": str(count_parameters(models[index])), "model.path": path})
-            tags = dict(common_tags, **{"rnnbench.run_key": plan.key, "rnnbench.checkpoint": str(plan.checkpoint),
-                                        "rnnbench.group_key": identity.group_key(plan.resolved)})
+            params = run_params(plan.resolved, task.describe(), hidden, count_parameters(models[index]), path)
+            tags = dict(common_tags, **run_tags(cfg.cell.name, cfg.task.name, task.dependency_length, plan.seed),
+                        **{"rnnbench.run_key": plan.key, "rnnbench.checkpoint": str(plan.checkpoint),
+                           "rnnbench.group_key": identity.group_key(plan.resolved)})
             if len(plans) > 1:
                 tags.update({"rnnbench.seed_parallel": str(len(plans)), "rnnbench.seed_parallel.index": str(index)})
             folder = output_dir if job_members == 1 else output_dir / f"seed_{plan.seed}"

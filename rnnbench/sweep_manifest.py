@@ -121,3 +121,40 @@ def read_manifest(manifest: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return jobs
+
+
+def sweep_params(config: Any, lines: list[dict[str, Any]]) -> dict[str, str]:
+    """The sweep as its parent run's params: ``sweep.preset`` and ``sweep.<key>`` for every key the sweep sets,
+    with the values its jobs take in order (``sweep.cell=rnn_tanh,lstm,gru``). From the planned jobs when the
+    plan is known when the sweep starts (the basic sweeper: ``glob(*)`` and ``range(5)`` expanded), else as
+    written (the preset's sweeper params, then the command line's overrides, which replace them)."""
+    from omegaconf import OmegaConf
+
+    values: dict[str, list[str]] = {}
+
+    def add(override: str, replace: bool) -> None:
+        key, sep, value = str(override).partition("=")
+        key = key.lstrip("+~")
+        if not sep or key == "experiment":
+            return
+        if replace or key not in values:
+            values[key] = []
+        if value not in values[key]:
+            values[key].append(value)
+
+    planned = [line for line in lines if line.get("event") == "plan" and line.get("overrides")]
+    if planned:
+        for line in planned:
+            for override in line["overrides"]:
+                add(override, replace=False)
+    else:
+        params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+        written = [f"{k}={v}" for k, v in OmegaConf.to_container(params, resolve=False).items()]
+        for override in written + list(OmegaConf.select(config, "hydra.overrides.task") or []):
+            add(override, replace=True)
+    preset = OmegaConf.select(config, "hydra.runtime.choices.experiment")
+    out = {"sweep.preset": "none" if preset in (None, "null") else str(preset)}
+    out.update({f"sweep.{key}": ",".join(v)[:6000] for key, v in values.items()})
+    if planned:
+        out["sweep.jobs"] = str(len(planned))
+    return out
