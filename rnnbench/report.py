@@ -40,9 +40,9 @@ from rnnbench.report_data import (
     reused_run_ids,
     runs_of_experiment,
     runs_of_parent,
-    search_all,
 )
 from rnnbench.report_plan import Plan, plan_from_jobs
+from rnnbench.store import search_all
 from rnnbench.report_points import Line, Panel, Point, succeeded
 
 __all__ = [

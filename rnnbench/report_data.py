@@ -13,6 +13,7 @@ from typing import Any
 from rnnbench import identity
 from rnnbench.errors import RnnbenchError
 from rnnbench.report_plan import Plan, plan_from_jobs
+from rnnbench.store import search_all
 
 SWEEP_RUNS_ARTIFACT = "sweep/runs.json"
 GROUP_KEY_TAG = "rnnbench.group_key"
@@ -148,18 +149,6 @@ def record_of(run: Any, metric: str = "final/accuracy", x_key: str = "task.depen
         members=int(tags.get("rnnbench.seed_parallel") or 1) if str(tags.get("rnnbench.seed_parallel") or "1").isdigit()
         else 1,
     )
-
-
-def search_all(client: Any, experiment_ids: list[str], filter_string: str = "") -> list[Any]:
-    """Every run matching ``filter_string`` (pages through ``search_runs``)."""
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def sweep_listing(client: Any, parent_id: str) -> dict[str, Any]:

@@ -159,7 +159,7 @@ def collect_runs(
 ) -> tuple[list[Any], list[str], list[str]]:
     """(runs of the sweep, ids of reused earlier runs, run keys of jobs that have no finished run); the run keys
     in ``not_run`` (a capacity sweep's lengths above a failure) are looked up but never missing."""
-    from rnnbench.report import search_all
+    from rnnbench.store import search_all
 
     children = search_all(client, [state.experiment_id], f"tags.`mlflow.parentRunId` = '{state.parent_run_id}'")
     finished_keys = {r.data.tags.get("rnnbench.run_key") for r in children if r.info.status == "FINISHED"}

@@ -211,7 +211,7 @@ def test_best_learning_rate_robustness_and_not_run_lengths(mlflow_uri, tmp_path,
 
 
 def _store_runs(uri: str, experiment: str) -> list:
-    from rnnbench.report import search_all
+    from rnnbench.store import search_all
 
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)

@@ -30,7 +30,7 @@ def _client(uri: str):
 
 
 def _all_runs(client, experiment_ids: list[str]):
-    from rnnbench.report import search_all
+    from rnnbench.store import search_all
 
     return search_all(client, experiment_ids)
 
