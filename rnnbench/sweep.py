@@ -41,6 +41,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from rnnbench.errors import FAILURES_ENV, RnnbenchError, TrackingError
+from rnnbench.faults import fault
 from rnnbench.orphans import LAUNCHER_ENV, close_orphaned_parents, exit_if_orphaned, launcher_tags, watch_launcher
 from rnnbench.report_plan import Plan, ended_jobs, plan_from_jobs, planned_jobs
 from rnnbench.sweep_figures import gradient_flow_figures
@@ -259,6 +260,7 @@ def _report_to_parent(client: Any, state: SweepState, runs: list[Any], out_dir: 
     """Build the sweep's report and log it to the parent run; False when there is nothing to report."""
     from rnnbench.report import attach, build_report, headline
 
+    fault("sweep.report")
     try:
         report = build_report(runs, out_dir, client, source=f"sweep parent run {state.parent_run_id}", plan=plan)
     except RnnbenchError as exc:

@@ -138,3 +138,26 @@ def test_reap_closes_a_sweep_parent_only_when_its_launcher_or_its_jobs_are_gone(
     assert {gone_here, idle_there} <= reaped and not {live_here, busy_there} & reaped  # (+ the silent job)
     assert client.get_run(gone_here).info.status == "KILLED" and client.get_run(idle_there).info.status == "KILLED"
     assert client.get_run(live_here).info.status == "RUNNING" and client.get_run(busy_there).info.status == "RUNNING"
+
+
+@pytest.mark.slow
+def test_kill_inside_the_sweep_report_then_the_same_command_reports_without_training_again(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
+    args = [RNNBENCH, "-m", "cell=gru,rnn_tanh", *SMALL]
+    killed = subprocess.run(args, cwd=tmp_path, env={**env, "RNNBENCH_FAULT": "sweep.report"}, capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (first,) = [r for r in client.search_runs(experiments) if "rnnbench.sweep" in r.data.tags]
+    children = {r.info.run_id for r in client.search_runs(experiments) if "rnnbench.sweep" not in r.data.tags}
+    assert first.info.status == "RUNNING" and len(children) == 2  # the jobs ran; the report never came
+
+    again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    runs = client.search_runs(experiments)
+    assert {r.info.run_id for r in runs if "rnnbench.sweep" not in r.data.tags} == children  # nothing trained again
+    (second,) = [r for r in runs if "rnnbench.sweep" in r.data.tags and r.info.run_id != first.info.run_id]
+    assert client.get_run(first.info.run_id).info.status == "KILLED"
+    assert second.info.status == "FINISHED" and second.data.tags["rnnbench.sweep.reused_runs"] == "2"
+    assert "report/accuracy.png" in {a.path for a in client.list_artifacts(second.info.run_id, "report")}
