@@ -35,6 +35,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "rnnbench.tasks.temporal_order",
     "rnnbench.tasks.associative_recall",
     "rnnbench.tasks.parity",
+    "rnnbench.tasks.even_pairs",
+    "rnnbench.tasks.modular_arithmetic",
+    "rnnbench.tasks.cycle_navigation",
 )
 
 

@@ -15,6 +15,9 @@ from torch.nn import functional as F
 from rnnbench.tasks.adding import AddingTask
 from rnnbench.tasks.associative_recall import AssociativeRecallTask
 from rnnbench.tasks.copy import CopyTask
+from rnnbench.tasks.cycle_navigation import CycleNavigationTask
+from rnnbench.tasks.even_pairs import EvenPairsTask
+from rnnbench.tasks.modular_arithmetic import ModularArithmeticTask
 from rnnbench.tasks.parity import ParityTask
 from rnnbench.tasks.selective_copy import SelectiveCopyTask
 from rnnbench.tasks.temporal_order import TemporalOrderTask
@@ -247,6 +250,38 @@ def test_parity(scripted, variant, expected):
     batch = ParityTask(4, variant).sample(2, g)
     assert torch.equal(batch.x, onehot([[1, 0, 1, 1], [0, 0, 1, 1]], 2))
     assert batch.y.tolist() == expected
+
+
+def test_even_pairs(scripted):
+    # 0101001: 01 three times, 10 twice, five pairs (the paper's example): odd, class 1; 1110001: one each: 0
+    g = scripted([("randint", 0, 2, [[0, 1, 0, 1, 0, 0, 1], [1, 1, 1, 0, 0, 0, 1]])])
+    batch = EvenPairsTask(7).sample(2, g)
+    assert torch.equal(batch.x, onehot([[0, 1, 0, 1, 0, 0, 1], [1, 1, 1, 0, 0, 0, 1]], 2))
+    assert batch.y.tolist() == [1, 0]
+
+
+def test_cycle_navigation(scripted):
+    # inputs 0, 1, 2 move -1, 0, +1: 1 -1 0 -1 -1 ends at -2 = class 3 (the paper's example); 1 1 1 -1 0 at 2
+    g = scripted([("randint", 0, 3, [[2, 0, 1, 0, 0], [2, 2, 2, 0, 1]])])
+    batch = CycleNavigationTask(5).sample(2, g)
+    assert torch.equal(batch.x, onehot([[2, 0, 1, 0, 0], [2, 2, 2, 0, 1]], 3))
+    assert batch.y.tolist() == [3, 2]
+
+
+def test_modular_arithmetic(scripted):
+    # 0 * 1 + 4 * 3 - 2 = 10 = 0 (mod 5, the paper's example); 1 - 1 - 1 - 0 * 4 = -1 = 4; tokens 5 6 7 = + - *
+    g = scripted([("randint", 0, 5, [[0, 1, 4, 3, 2], [1, 1, 1, 0, 4]]), ("randint", 0, 3, [[2, 0, 2, 1], [1, 1, 1, 2]])])
+    batch = ModularArithmeticTask(9).sample(2, g)
+    assert torch.equal(batch.x, onehot([[0, 7, 1, 5, 4, 7, 3, 6, 2], [1, 6, 1, 6, 1, 6, 0, 7, 4]], 8))
+    assert batch.y.tolist() == [0, 4]
+
+
+def test_modular_arithmetic_even_length_drops_a_symbol(scripted):
+    # as the reference generator: an even length T gives an expression of T - 1 symbols: 3 * 4 = 12 = 2
+    g = scripted([("randint", 0, 5, [[3, 4]]), ("randint", 0, 3, [[2]])])
+    batch = ModularArithmeticTask(4).sample(1, g)
+    assert torch.equal(batch.x, onehot([[3, 7, 4]], 8))
+    assert batch.y.tolist() == [2]
 
 
 # ---------------------------------------------------------------------------------- scoring, by hand

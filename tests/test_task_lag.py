@@ -83,6 +83,15 @@ def measured_lags(name: str, task, batch: Batch) -> torch.Tensor:
             return torch.full((B,), L - 1)
         assert torch.equal(batch.y, running)
         return steps.flatten()
+    if name == "even_pairs":  # first XOR last bit: the first bit is needed at the last step
+        assert torch.equal(batch.y, tokens[:, 0] ^ tokens[:, -1])
+        return torch.full((B,), L - 1)
+    if name == "cycle_navigation":  # every move shifts the final position, the first one too
+        assert torch.equal(batch.y, (tokens - 1).sum(1) % task.cycle_length)
+        return torch.full((B,), L - 1)
+    if name == "modular_arithmetic":  # the value is a function of every symbol, from the first number on
+        assert L % 2 == 1 and (tokens[:, 0::2] < task.modulus).all() and (tokens[:, 1::2] >= task.modulus).all()
+        return torch.full((B,), L - 1)
     if name == "associative_recall":
         N = task.num_kv_pairs
         query = batch.mask.nonzero()
@@ -116,7 +125,8 @@ def sample_lags(name: str, task, sequences: int, seed: int = 0) -> torch.Tensor:
 # ----------------------------------------------------------------------------------- the cases
 
 SMALL = {"adding": {"hochreiter1997": 22, "pascanu2013": 10, "arjovsky2016": 7, "tcn2018": 6}, "copy": 5,
-         "variable_copy": 9, "selective_copy": 13, "temporal_order": 23, "associative_recall": 16, "parity": 5}
+         "variable_copy": 9, "selective_copy": 13, "temporal_order": 23, "associative_recall": 16, "parity": 5,
+         "even_pairs": 5, "modular_arithmetic": 7, "cycle_navigation": 5}
 """Small lengths, where every extreme has a good chance per sequence (odd ones where T//2 rounds)."""
 
 
@@ -245,6 +255,8 @@ def enumerate_lags(name: str, task) -> dict[int, Fraction]:
     elif name == "parity":
         for t in ([T - 1] if task.variant == "final" else range(T)):
             add(t, Fraction(1, 1 if task.variant == "final" else T))
+    elif name in ("even_pairs", "cycle_navigation", "modular_arithmetic"):
+        add(task.sequence_length - 1, Fraction(1))
     elif name == "associative_recall":
         N, space, a = task.num_kv_pairs, T // 2, Fraction(task.power_a)
         assert a == 1, "exact enumeration needs rational weights: power_a = 1"
@@ -268,6 +280,8 @@ TINY += [("selective_copy", {"dependency_length": T, "symbols": K}) for T, K in 
                                                                                  (6, 6))]
 TINY += [("temporal_order", {"variant": v, "dependency_length": T}) for v in ("2bit", "3bit") for T in (10, 29, 40)]
 TINY += [("parity", {"variant": v, "dependency_length": T}) for v in ("final", "running") for T in (2, 5, 6)]
+TINY += [(name, {"dependency_length": T}) for name in ("even_pairs", "cycle_navigation", "modular_arithmetic")
+         for T in (1, 2, 3, 6)]
 TINY += [("associative_recall", {"dependency_length": T, "num_kv_pairs": N, "vocab_size": 16, "power_a": 1.0})
          for T, N in ((2, 1), (8, 2), (10, 3), (12, 3))]
 

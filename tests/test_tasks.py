@@ -15,6 +15,8 @@ from rnnbench.errors import ConfigError
 from rnnbench.tasks.adding import AddingTask
 from rnnbench.tasks.associative_recall import AssociativeRecallTask
 from rnnbench.tasks.copy import CopyTask
+from rnnbench.tasks.cycle_navigation import CycleNavigationTask
+from rnnbench.tasks.modular_arithmetic import ModularArithmeticTask
 from rnnbench.tasks.parity import ParityTask
 from rnnbench.tasks.selective_copy import SelectiveCopyTask
 from rnnbench.tasks.temporal_order import END, START, X, Y, TemporalOrderTask
@@ -34,6 +36,10 @@ CASES: list[tuple[str, dict]] = [
     ("associative_recall", {"dependency_length": 20}),
     ("parity", {"variant": "final", "dependency_length": 20}),
     ("parity", {"variant": "running", "dependency_length": 20}),
+    ("even_pairs", {"dependency_length": 20}),
+    ("modular_arithmetic", {"dependency_length": 21}),
+    ("modular_arithmetic", {"dependency_length": 20, "modulus": 3}),
+    ("cycle_navigation", {"dependency_length": 20}),
 ]
 IDS = [f"{name}-{kw.get('variant', 'default')}" for name, kw in CASES]
 
@@ -137,6 +143,9 @@ ALTERNATIVES: dict[str, dict[str, object]] = {
     "associative_recall": {"dependency_length": 30, "vocab_size": 32, "num_kv_pairs": 3, "power_a": 1.0,
                            "random_non_queries": False},
     "parity": {"dependency_length": 25, "variant": "running"},
+    "even_pairs": {"dependency_length": 25},
+    "modular_arithmetic": {"dependency_length": 31, "modulus": 7},
+    "cycle_navigation": {"dependency_length": 25, "cycle_length": 3},
 }
 BASE: dict[str, dict[str, object]] = {
     "adding": {"dependency_length": 30, "variant": "arjovsky2016", "tolerance": 0.04},
@@ -148,6 +157,9 @@ BASE: dict[str, dict[str, object]] = {
     "associative_recall": {"dependency_length": 20, "variant": "zoology", "vocab_size": 64, "num_kv_pairs": 8,
                            "power_a": 0.01, "random_non_queries": True},
     "parity": {"dependency_length": 20, "variant": "final"},
+    "even_pairs": {"dependency_length": 20, "variant": "deletang2023"},
+    "modular_arithmetic": {"dependency_length": 21, "variant": "simple", "modulus": 5},
+    "cycle_navigation": {"dependency_length": 20, "variant": "deletang2023", "cycle_length": 5},
 }
 FIELD_CASES = [(task, key) for task, alts in ALTERNATIVES.items() for key in alts]
 
@@ -156,7 +168,8 @@ def test_every_schema_field_has_an_alternative(registry):
     for name in BASE:
         schema = {f.name for f in dataclasses.fields(registry.task(name).config)} - {"name"}
         assert schema == set(BASE[name]), name
-        single_variant = name in ("variable_copy", "selective_copy", "associative_recall")
+        single_variant = name in ("variable_copy", "selective_copy", "associative_recall", "even_pairs",
+                                  "modular_arithmetic", "cycle_navigation")
         assert set(ALTERNATIVES[name]) == schema - ({"variant"} if single_variant else set()), name
     builtin = {n for n in registry.tasks if registry.providers[("task", n)].startswith("rnnbench.tasks.")}
     assert set(BASE) == builtin
@@ -186,6 +199,9 @@ def _observed(task, batch) -> dict[str, object]:
         out["max_class"] = int(batch.y.max())
     if isinstance(task, ParityTask):
         out["y_shape"] = tuple(batch.y.shape)
+    if isinstance(task, (ModularArithmeticTask, CycleNavigationTask)):
+        out["max_class"] = int(batch.y.max())
+        out["input_size"] = batch.x.shape[-1]
     if isinstance(task, AddingTask):
         markers = batch.x[..., 1]
         positions = (markers == 1).nonzero()[:, 1].view(-1, 2)
@@ -218,6 +234,8 @@ def test_every_config_field_reaches_the_generator(registry, name, key):
         "num_kv_pairs": ("queries", value),
         "power_a": ("mean_query_offset", None),
         "random_non_queries": ("zeros", None),
+        "modulus": ("max_class", int(value) - 1 if key == "modulus" else None),
+        "cycle_length": ("max_class", int(value) - 1 if key == "cycle_length" else None),
     }
     if key == "variant":
         expected_change["variant"] = {
@@ -265,6 +283,14 @@ REJECTED = [
     ("associative_recall", {"power_a": 0.0}, "task.power_a"),
     ("parity", {"variant": "majority"}, "task.variant"),
     ("parity", {"dependency_length": 1}, "task.dependency_length"),
+    ("even_pairs", {"dependency_length": 0}, "task.dependency_length"),
+    ("even_pairs", {"variant": "final"}, "task.variant"),
+    ("modular_arithmetic", {"dependency_length": 0}, "task.dependency_length"),
+    ("modular_arithmetic", {"modulus": 1}, "task.modulus"),
+    ("modular_arithmetic", {"modulus": 21}, "task.modulus"),
+    ("modular_arithmetic", {"variant": "brackets"}, "task.variant"),
+    ("cycle_navigation", {"dependency_length": 0}, "task.dependency_length"),
+    ("cycle_navigation", {"cycle_length": 1}, "task.cycle_length"),
 ]
 
 

@@ -105,3 +105,28 @@ class MaskedRecallTask(Task):
         assert batch.mask is not None
         accuracy, exact = masked_accuracy(output, batch.y, batch.mask)
         return {"loss": self.loss(output, batch), "accuracy": accuracy, "exact": exact}
+
+
+def memoryless_score(joint) -> dict[str, float]:
+    """The score of the best predictor that sees only the last input: from the joint law ``joint[a, y]`` of the
+    last input a and the class y (a NumPy array summing to 1), the conditional entropy H(Y | A) in nats (its
+    cross-entropy) and the accuracy of answering argmax_y P(y | a)."""
+    import numpy as np
+
+    joint = np.asarray(joint, dtype=np.float64)
+    marginal = joint.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(joint > 0, -joint * np.log(joint / marginal), 0.0)
+    return {"loss": float(max(terms.sum(), 0.0)), "accuracy": float(joint.max(axis=1).sum())}
+
+
+class LastStepClassification(Task):
+    """One class per sequence, read out at the last step: cross-entropy and accuracy."""
+
+    readout = "last"
+
+    def loss(self, output: Tensor, batch: Batch) -> Tensor:
+        return F.cross_entropy(output, batch.y)
+
+    def metrics(self, output: Tensor, batch: Batch) -> dict[str, Tensor]:
+        return {"loss": self.loss(output, batch), "accuracy": (output.argmax(-1) == batch.y).float().mean()}
