@@ -325,27 +325,26 @@ def main(argv: Sequence[str]) -> int:
         if args.tracking_uri is None:
             raise
         raise ConfigError("--tracking-uri", args.tracking_uri, exc.allowed) from exc
-    if not is_server(uri):
-        _check_listen(args.host, args.port)
     client = store.client(uri, create=False)
     experiment = _experiment(client, uri, args.experiment)
-    if experiment is not None:
+    if not is_server(uri):
+        _check_listen(args.host, args.port)
+    if experiment is not None:  # every option checked: the only write, the view the links load
         ensure_view(client, experiment)
     if is_server(uri):
         print(f"rnnbench: {uri} is an MLflow tracking server; its UI:", flush=True)
         _print_links(client, uri, ui_base(uri), experiment)
         return 0
 
-    proc = serve(uri, args.host, args.port)
-    base = ui_base(uri, args.host, args.port)
-    print(f"rnnbench: MLflow UI on {uri} at {base} (Ctrl-C stops it)", flush=True)
-    _print_links(client, uri, base, experiment)
-
     def _terminate(signum: int, frame: Any) -> None:  # noqa: ARG001
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    proc = serve(uri, args.host, args.port)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM stops the UI as Ctrl-C does
     try:
+        base = ui_base(uri, args.host, args.port)
+        print(f"rnnbench: MLflow UI on {uri} at {base} (Ctrl-C stops it)", flush=True)
+        _print_links(client, uri, base, experiment)
         code = proc.wait()
         print(f"rnnbench: the MLflow UI exited with status {code}", file=sys.stderr)
         return 1
