@@ -184,6 +184,40 @@ def test_every_link_printed_opens_in_the_model_training_view(budget_sweep, cli, 
         assert "workflowType=machine_learning" in urlsplit(url).fragment
 
 
+@pytest.mark.slow
+def test_a_run_on_the_default_store_says_how_to_start_the_ui(cli, tmp_path):
+    from rnnbench.ui import VIEW_TAG, link
+
+    proc = cli("cell=gru", "task.dependency_length=5", *TINY, check=True)  # no tracking.uri: ./mlflow.db
+    client = _client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("rnnbench")
+    (run,) = client.search_runs([experiment.experiment_id])
+    base = "http://127.0.0.1:5000"
+    assert proc.stdout.endswith(
+        f"rnnbench: in MLflow\n  runs:   {link(base, experiment.experiment_id)}\n"
+        f"  run:    {link(base, experiment.experiment_id, run.info.run_id)}\n"
+        "  (start the MLflow UI with: rnnbench ui)\n")
+    assert VIEW_TAG in experiment.tags  # the view the runs link loads
+
+
+@pytest.mark.slow
+def test_rnnbench_ui_shows_the_experiment_of_the_latest_run(budget_sweep, tmp_path):
+    import shutil
+
+    from rnnbench import store
+    from rnnbench.ui import _experiment
+
+    db = tmp_path / "copy.db"
+    shutil.copy(budget_sweep["tmp"] / "mlflow.db", db)
+    uri = f"sqlite:///{db}"
+    client = store.client(uri, create=False)
+    assert _experiment(client, uri, None).name == "explained"
+    later = client.create_experiment("later")
+    client.set_terminated(client.create_run(later, run_name="newest").info.run_id)
+    assert _experiment(client, uri, None).name == "later"
+    assert _experiment(client, uri, "explained").name == "explained"
+
+
 UI_BAD_INPUT = [
     (["--port", "0"], "--port=0"),
     (["--port", "70000"], "--port=70000"),

@@ -227,6 +227,7 @@ def test_rnnbench_ui_prints_links_that_open_and_the_figure_is_two_clicks_away(sw
             # MLflow's own links do not carry the view: a page reached by a click shows in the view the browser
             # remembers (GenAI in a fresh one), as the README says
             assert parent.info.run_id in browser.url() and "workflowType" not in browser.url()
+            assert "Evaluations" in browser.text()
             browser.click("a", "Sweep report: accuracy against dependency length")
             browser.follow_new_page()
             assert report_figure(browser)["width"] > 300
