@@ -6,7 +6,7 @@ Shapes are batch-first throughout: ``x`` is ``(B, T, I)``; a cell sees one step 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 import torch
 from omegaconf import MISSING
@@ -28,14 +28,26 @@ class CellConfig:
 
 @dataclass
 class TaskConfig:
-    """Schema of the ``task`` config group. Every field except ``name`` reaches the task's constructor.
+    """Schema of the ``task`` config group. Every field except the framework's (:data:`FRAMEWORK_TASK_FIELDS`:
+    ``name``, ``train_length``, ``test_lengths``) reaches the task's constructor.
 
     ``dependency_length`` is the x-axis of every report: the lag, in time steps, that the model must bridge.
+    ``train_length`` and ``test_lengths`` are length generalisation, which the framework does for every task
+    (:mod:`rnnbench.lengths`): a plugin's config inherits them and its constructor never sees them.
     """
 
     name: str = MISSING
     dependency_length: int = 50
     variant: str = ""
+    train_length: Optional[int] = None
+    """Train on every length the task accepts up to this one (a length drawn per batch); null: on
+    ``dependency_length`` only. ``dependency_length`` then defaults to it and must not exceed it."""
+    test_lengths: list[int] = field(default_factory=list)
+    """Lengths the final evaluation also tests (ascending), each on the task built at that length."""
+
+
+FRAMEWORK_TASK_FIELDS = ("name", "train_length", "test_lengths")
+"""Fields of every task config that the framework uses and the task's constructor does not receive."""
 
 
 class RecurrentCell(nn.Module):

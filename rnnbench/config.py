@@ -96,24 +96,57 @@ class RootConfig:
     diagnostics: Any = None
 
 
+LENGTH_RESOLVER = "rnnbench.train_length_or"
+
+
+def _train_length_or(train_length: Any, default: Any) -> Any:
+    return default if train_length is None else train_length
+
+
+def register_resolvers() -> None:
+    """``${rnnbench.train_length_or:${.train_length},D}``: ``task.train_length`` when it is set, else ``D``.
+    Every task node's ``dependency_length`` defaults to it, so a length-generalisation run (``task.train_length``
+    set) is checked and reported at its longest training length unless ``task.dependency_length`` is given.
+    (Hydra hands the registered resolvers to a launcher's workers.)"""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver(LENGTH_RESOLVER):
+        OmegaConf.register_new_resolver(LENGTH_RESOLVER, _train_length_or)
+
+
+def task_node(spec: Any, name: str) -> Any:
+    """The config node of ``task=<name>``: the spec's defaults, ``dependency_length`` following
+    ``task.train_length`` when that is set (:func:`register_resolvers`)."""
+    node = spec.config(name=name)
+    default = getattr(node, "dependency_length", None)
+    if isinstance(default, int) and not isinstance(default, bool):
+        node.dependency_length = f"${{{LENGTH_RESOLVER}:${{.train_length}},{default}}}"
+    return node
+
+
 def register_configs(registry: Registry) -> None:
     """Store the root schema and one node per registered cell (group ``cell``) and task (group ``task``)."""
     from hydra.core.config_store import ConfigStore
 
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="rnnbench_schema", node=RootConfig)
     for name, spec in registry.cells.items():
         cs.store(group="cell", name=name, node=spec.config(name=name), provider=registry.providers[("cell", name)])
     for name, spec in registry.tasks.items():
-        cs.store(group="task", name=name, node=spec.config(name=name), provider=registry.providers[("task", name)])
+        cs.store(group="task", name=name, node=task_node(spec, name), provider=registry.providers[("task", name)])
 
 
 def constructor_kwargs(node: Any) -> dict[str, Any]:
-    """The fields of a composed cell/task node except ``name``: what the plugin's constructor receives."""
+    """The fields of a composed cell/task node except ``name`` (and, of a task, the framework's length fields,
+    :data:`rnnbench.base.FRAMEWORK_TASK_FIELDS`): what the plugin's constructor receives."""
     from omegaconf import OmegaConf
 
+    from rnnbench.base import FRAMEWORK_TASK_FIELDS
+
     values = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
-    values.pop("name", None)
+    for key in FRAMEWORK_TASK_FIELDS:
+        values.pop(key, None)
     return values
 
 
@@ -302,3 +335,39 @@ def validate(cfg: Any, registry: Registry | None = None) -> None:
     validate_diagnostics(cfg.get("diagnostics"))
     _plugin_values("cell", cfg.cell)
     _plugin_values("task", cfg.task)
+    validate_lengths(cfg.task)
+
+
+MAX_TEST_LENGTHS = 100
+MAX_TRAIN_LENGTH = 1_000_000
+"""Every length up to ``task.train_length`` is built once to check that the task accepts it."""
+
+
+def validate_lengths(node: Any) -> None:
+    """The framework's length generalisation fields of a task node (``task.train_length``,
+    ``task.test_lengths``), before any task is built; what depends on the task (its shortest length, a model
+    whose size changes with the length) is checked by :func:`rnnbench.lengths.Lengths.build`."""
+    from rnnbench import validation as v
+
+    task = _plain(node)
+    if not isinstance(task, dict):
+        return
+    train, tests = task.get("train_length"), task.get("test_lengths")
+    if train is not None:
+        v.positive_int("task.train_length", train, maximum=MAX_TRAIN_LENGTH)
+        length = task.get("dependency_length")
+        if isinstance(length, int) and not isinstance(length, bool) and length > train:
+            raise ConfigError("task.dependency_length", length,
+                              f"at most task.train_length ({train}): it is the trained length the periodic checks and "
+                              "the outcome use (leave it out to use task.train_length)")
+    if tests is None:
+        return
+    if not isinstance(tests, list):
+        raise ConfigError("task.test_lengths", tests, "a list of lengths, e.g. [40,100,250,500]")
+    if len(tests) > MAX_TEST_LENGTHS:
+        raise ConfigError("task.test_lengths", tests, f"at most {MAX_TEST_LENGTHS} lengths")
+    for value in tests:
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ConfigError("task.test_lengths", tests, f"positive integers ({value!r} is not one)")
+    if any(b <= a for a, b in zip(tests, tests[1:])):
+        raise ConfigError("task.test_lengths", tests, "lengths in ascending order, each once")

@@ -25,6 +25,11 @@ VOLATILE: tuple[str, ...] = (
 
 GROUP_VOLATILE: tuple[str, ...] = VOLATILE + ("seed",)
 
+UNSET: dict[str, str] = {"task.train_length": "null", "task.test_lengths": "[]"}
+"""Settings added after runs were recorded, left out of every key (and of a group's settings) while they hold
+these values (as :func:`flatten` writes them): off, they change nothing, and the runs recorded before they
+existed keep their keys."""
+
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     """A nested config as ``{"dotted.key": "text"}``, as it is logged to MLflow params."""
@@ -38,7 +43,8 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
 
 
 def _kept(flat: Mapping[str, str], dropped: tuple[str, ...]) -> dict[str, str]:
-    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in dropped)}
+    return {k: v for k, v in flat.items()
+            if not any(k == p or k.startswith(p + ".") for p in dropped) and UNSET.get(k) != v}
 
 
 def _digest(kept: Mapping[str, str]) -> str:

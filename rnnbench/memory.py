@@ -67,6 +67,8 @@ class Sizes:
     diagnostics_batch: int | None
     """None when diagnostics are off."""
     device_type: str = "cpu"
+    evaluation: tuple[int, int, int] | None = None
+    """(sequences per chunk, sequence length, dependency length) of the longest test-length evaluation."""
 
     @classmethod
     def from_config(cls, cfg: Any) -> Sizes:
@@ -354,6 +356,18 @@ def _estimate(sizes: Sizes, task: Any, cell_spec: Any, cell_kwargs: dict[str, An
         activations += 2.0 * batch * length * int(task.output_size) * FLOAT32  # logits and log-softmax
     parts["activations for backpropagation through time"] = activations
     parts["data batch"] = float(batch) * length * (2 * int(task.input_size) * FLOAT32 + 17)
+    if sizes.evaluation is not None:
+        chunk, eval_length, test_length = sizes.evaluation
+        # no gradients: each layer's outputs (and the one-hot inputs, the logits of a per-step readout) for the
+        # whole chunk, and its data; held after training's activations were freed, so the larger of the two counts
+        per_step = 2 * hidden * directions * sizes.num_layers + 2 * int(task.input_size)
+        if getattr(task, "readout", "last") == "sequence":
+            per_step += 2 * int(task.output_size)
+        evaluation = float(chunk) * eval_length * (per_step * FLOAT32 + 17)
+        training = parts["activations for backpropagation through time"] + parts["data batch"]
+        if evaluation > training:
+            del parts["activations for backpropagation through time"], parts["data batch"]
+            parts[f"evaluation at test length {test_length} (no gradients)"] = evaluation
     if sizes.diagnostics_batch is not None:
         d = sizes.diagnostics_batch
         parts["diagnostics (float64)"] = (
@@ -424,15 +438,27 @@ def _smaller(key: str, small: Any, sizes: Sizes, task: Any, task_spec: Any, task
 
 
 def check_fits(cfg: Any, task: Any, cell_spec: Any, cell_kwargs: dict[str, Any], device: torch.device | None = None,
-               available: int | None = None, task_spec: Any = None) -> Estimate:
+               available: int | None = None, task_spec: Any = None, lengths: Any = None) -> Estimate:
     """Refuse a run that cannot fit in memory, before anything is allocated; returns the estimate (whose
     ``hidden_size`` is the hidden size to build: ``model.param_budget`` resolved).
+
+    With ``lengths`` (:class:`rnnbench.lengths.Lengths`) training is estimated at the longest training length
+    (``task.train_length``), and the evaluation at the longest test length (``task.test_lengths``) counts when it
+    needs more than training.
 
     The :class:`ConfigError` names the key that drives the size (found by trying each size-setting key at its
     default: ``trainer.batch_size``, ``trainer.seeds``, ``model.hidden_size`` / ``model.param_budget``,
     ``model.num_layers``, ``diagnostics.batch_size``, and every integer of the task's and the cell's config), the
     estimate and the memory available. ``available`` overrides the measured free memory (tests)."""
     sizes = Sizes.from_config(cfg)
+    if lengths is not None and lengths.active:
+        task = lengths.longest_training_task
+        longest = lengths.longest_test_task
+        if longest is not None:
+            chunk = lengths.chunk_at(longest.dependency_length, max(1, min(4 * sizes.batch_size,
+                                                                         int(cfg.trainer.final_eval_sequences))))
+            sizes = dataclasses.replace(sizes, evaluation=(chunk, int(longest.sequence_length),
+                                                           int(longest.dependency_length)))
     estimate = _estimate(sizes, task, cell_spec, cell_kwargs)
     device = device if device is not None else resolve_device(str(cfg.trainer.device))
     limit = available if available is not None else available_bytes(device)

@@ -257,10 +257,12 @@ def check_run(cfg, cwd: Path) -> None:
     except Exception as exc:  # noqa: BLE001
         raise PluginError(f"task {task_spec.name!r} could not be built: {type(exc).__name__}: "
                           f"{' '.join(str(exc).split())}") from exc
+    from rnnbench.lengths import check as check_lengths
     from rnnbench.memory import check_fits, resolve_device
 
+    lengths = check_lengths(task_spec, cfg.task, task)
     device = resolve_device(cfg.trainer.device)
-    check_fits(cfg, task, cell_spec, constructor_kwargs(cfg.cell), device, task_spec=task_spec)
+    check_fits(cfg, task, cell_spec, constructor_kwargs(cfg.cell), device, task_spec=task_spec, lengths=lengths)
     check_environment(cfg, cwd)
 
 

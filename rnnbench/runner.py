@@ -34,6 +34,8 @@ from rnnbench.allocator import retain_freed_memory
 from rnnbench.config import constructor_kwargs, validate
 from rnnbench.diagnostics import Diagnostics
 from rnnbench.errors import PluginError, RnnbenchError
+from rnnbench.lengths import Lengths
+from rnnbench.lengths import check as check_lengths
 from rnnbench.manager import get_registry, rnnbench_version
 from rnnbench.memory import check_fits, resolve_device
 from rnnbench.model import build_model, count_parameters
@@ -261,8 +263,9 @@ def run_job(
     device = resolve_device(cfg.trainer.device)
     validation.writable_dir("trainer.checkpoint_dir", cfg.trainer.checkpoint_dir, base=original_cwd)
     task = task_spec.task(**constructor_kwargs(cfg.task))
+    lengths = check_lengths(task_spec, cfg.task, task)
     cell_kwargs = constructor_kwargs(cfg.cell)
-    hidden = check_fits(cfg, task, cell_spec, cell_kwargs, device, task_spec=task_spec).hidden_size
+    hidden = check_fits(cfg, task, cell_spec, cell_kwargs, device, task_spec=task_spec, lengths=lengths).hidden_size
     process_tags = configure_process(cfg, device, n_parallel)
     model_kwargs = dict(num_layers=cfg.model.num_layers, bidirectional=cfg.model.bidirectional,
                         dropout=cfg.model.dropout)
@@ -305,7 +308,7 @@ def run_job(
             groups.setdefault(plan.resume["step"] if plan.resume else 0, []).append(plan)
         for group in groups.values():
             results += _train_group(cfg, group, seeded_model, cell_spec, cell_kwargs, task, hidden, model_kwargs,
-                                    device, common_tags, output_dir, len(seeds), stop_requested)
+                                    device, common_tags, output_dir, len(seeds), stop_requested, lengths)
     return results
 
 
@@ -320,7 +323,7 @@ def _close_finished(plan: Plan, tags: dict[str, str]) -> RunResult:
 def _train_group(cfg: Any, plans: list[Plan], seeded_model: Callable[[int], torch.nn.Module], cell_spec: Any,
                  cell_kwargs: dict[str, Any], task: Any, hidden: int, model_kwargs: dict[str, Any],
                  device: torch.device, common_tags: dict[str, str], output_dir: Path, job_members: int,
-                 stop_requested: Callable[[], int | None]) -> list[RunResult]:
+                 stop_requested: Callable[[], int | None], lengths: Lengths | None = None) -> list[RunResult]:
     """Open the runs of members that resume at the same step and train them as one population."""
     models = [seeded_model(p.seed) for p in plans]
     if len(plans) == 1:
@@ -342,7 +345,8 @@ def _train_group(cfg: Any, plans: list[Plan], seeded_model: Callable[[int], torc
             name = f"{cfg.cell.name}-{cfg.task.name}-T{task.dependency_length}-s{plan.seed}"
             plan.tracker.start(name, params, tags, run_id=plan.run_id)
             if not plan.has_baseline:
-                plan.tracker.log_metrics({f"baseline/{k}": v for k, v in task.baseline().items()}, 0)
+                plan.tracker.log_metrics({f"baseline/{k}": v for k, v in task.baseline().items()}
+                                         | (lengths.baselines() if lengths is not None else {}), 0)
             if plan.run_id is None:
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / "config.yaml").write_text(OmegaConf.to_yaml(plan.resolved))
@@ -354,7 +358,7 @@ def _train_group(cfg: Any, plans: list[Plan], seeded_model: Callable[[int], torc
                      plan.tracker.run_id, cfg.cell.name, cfg.task.name, task.dependency_length,
                      task.sequence_length, count_parameters(models[index]), path, device, plan.seed,
                      f", resuming at step {plan.resume['step']}" if plan.resume else "")
-        return train(cfg, population, task, members, device, stop_requested)
+        return train(cfg, population, task, members, device, stop_requested, lengths)
     except (KeyboardInterrupt, Interrupted):
         for m in members:
             if m.result is None:

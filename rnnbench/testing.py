@@ -45,10 +45,13 @@ class _Check:
 
 
 def config_defaults(config: type) -> dict[str, Any]:
-    """The default values of a cell or task config dataclass, ``name`` excluded: the constructor's kwargs."""
+    """The default values of a cell or task config dataclass, ``name`` (and a task's length generalisation fields,
+    which the framework uses) excluded: the constructor's kwargs."""
+    from rnnbench.base import FRAMEWORK_TASK_FIELDS
+
     values: dict[str, Any] = {}
     for f in dataclasses.fields(config):
-        if f.name == "name":
+        if f.name in FRAMEWORK_TASK_FIELDS:
             continue
         if f.default is not dataclasses.MISSING:
             values[f.name] = f.default

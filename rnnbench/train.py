@@ -31,6 +31,8 @@ from rnnbench import checkpoint as ckpt
 from rnnbench.base import Task
 from rnnbench.evaluation import Evaluation, evaluate, generator, outcome_of
 from rnnbench.faults import fault
+from rnnbench.lengths import Lengths
+from rnnbench.lengths import logged as at_lengths
 from rnnbench.population import Population
 from rnnbench.progress import Progress
 from rnnbench.tracking import Tracker
@@ -127,11 +129,14 @@ def train(
     members: list[Member],
     device: torch.device,
     stop_requested: Callable[[], int | None] | None = None,
+    lengths: Lengths | None = None,
 ) -> list[RunResult]:
     """Train ``population`` (member k is ``members[k]``) for ``cfg.trainer.steps`` steps; returns one result per
     member, in order. A stop request (a signal number) checkpoints every running member and raises
-    :class:`Interrupted`."""
+    :class:`Interrupted`. ``lengths``: length generalisation (:mod:`rnnbench.lengths`): the training batches'
+    lengths and the test lengths of the final evaluation; ``task`` is the task at ``task.dependency_length``."""
     t = cfg.trainer
+    lengths = lengths if lengths is not None else Lengths.off(task)
     K = population.size
     optimizer = make_optimizer(cfg.optim, population.parameters())
     baseline = task.baseline()
@@ -177,6 +182,11 @@ def train(
         if final is not None:
             logged["final/loss_se"] = final.loss_se
             logged["final/sequences"] = float(final.sequences)
+            if lengths.test_lengths:
+                tested = lengths.evaluate(population, k, m.seed, m.finals, t.final_eval_sequences, chunk, device)
+                logged |= at_lengths(tested)
+                metrics |= {f"accuracy_at_{length}": ev.metrics["accuracy"] for length, ev in tested.items()
+                            if "accuracy" in ev.metrics}
         m.log(logged | summary, at)
         model = population.model_of(k)  # the member's model object holds its final weights
         if m.diagnostics is not None:
@@ -241,7 +251,7 @@ def train(
                 raise Interrupted(signum)
             step += 1
             running = list(active)
-            batches = [task.sample(t.batch_size, members[k].train_gen) for k in running]
+            batches = [lengths.sample(t.batch_size, members[k].train_gen) for k in running]
             outs = population.forward([b.x for b in batches], running)
             losses = [task.loss(out, batch) for out, batch in zip(outs, batches)]
             loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from rnnbench import Batch, Task, TaskConfig, TaskSpec
+from rnnbench.base import FRAMEWORK_TASK_FIELDS
 from rnnbench.manager import get_registry
 
 REGISTRY = get_registry()
@@ -30,7 +31,8 @@ def build(name: str, **overrides):
     """The task as the runner builds it: every field of the spec's config (defaults, then overrides), less name."""
     spec = REGISTRY.task(name)
     fields = dataclasses.asdict(spec.config(name=name, **overrides))
-    fields.pop("name")
+    for key in FRAMEWORK_TASK_FIELDS:
+        fields.pop(key)
     return spec.task(**fields)
 
 

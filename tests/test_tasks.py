@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rnnbench.base import FRAMEWORK_TASK_FIELDS
 from rnnbench.errors import ConfigError
 from rnnbench.tasks.adding import AddingTask
 from rnnbench.tasks.associative_recall import AssociativeRecallTask
@@ -104,7 +105,7 @@ def test_contract_shapes_and_dtypes(registry, name, kwargs):
 @pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
 def test_config_schema_matches_constructor(registry, name, kwargs):
     spec = registry.task(name)
-    fields = {f.name: f.default for f in dataclasses.fields(spec.config) if f.name != "name"}
+    fields = {f.name: f.default for f in dataclasses.fields(spec.config) if f.name not in FRAMEWORK_TASK_FIELDS}
     task = spec.task(**fields)  # every schema field is accepted as a keyword, defaults included
     assert task.dependency_length == fields["dependency_length"]
 
@@ -166,7 +167,7 @@ FIELD_CASES = [(task, key) for task, alts in ALTERNATIVES.items() for key in alt
 
 def test_every_schema_field_has_an_alternative(registry):
     for name in BASE:
-        schema = {f.name for f in dataclasses.fields(registry.task(name).config)} - {"name"}
+        schema = {f.name for f in dataclasses.fields(registry.task(name).config)} - set(FRAMEWORK_TASK_FIELDS)
         assert schema == set(BASE[name]), name
         single_variant = name in ("variable_copy", "selective_copy", "associative_recall", "even_pairs",
                                   "modular_arithmetic", "cycle_navigation")
