@@ -15,8 +15,8 @@ tabulates it per cell and task at the best learning rate (``capacity.md``, ``cap
 This module is the command (arguments, refused in one line before anything is read or written) and re-exports
 the pieces: ``report_data`` (runs and plans from the store), ``report_plan`` (a sweep's planned seeds),
 ``report_points`` and ``report_compute`` (the rules and the grouping, pure), ``report_draw`` (figures),
-``report_write`` (report.md, results.csv, summary.json), ``report_build`` (the report, attaching it to a
-sweep's parent).
+``report_write`` (report.md, results.csv, summary.json), ``report_lengths`` (accuracy against test length, when
+runs have ``task.test_lengths``), ``report_build`` (the report, attaching it to a sweep's parent).
 """
 
 from __future__ import annotations

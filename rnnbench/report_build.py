@@ -13,6 +13,7 @@ from rnnbench.report_compute import X_DEFAULT, aggregate, metric_name, select, s
 from rnnbench.report_data import RunRecord, fallback_metric, record_of
 from rnnbench.report_html import figures_as_text, write_html
 from rnnbench.report_capacity import CAPACITY_FILES, write_capacity
+from rnnbench.report_lengths import generalisation_headline, write_generalisation
 from rnnbench.report_plan import Plan
 from rnnbench.report_points import Panel, fmt_x
 
@@ -148,15 +149,26 @@ def build_report(
     write.write_csv(files["results.csv"], write.csv_rows(panels))
     summary["capacity"], capacity_files = write_capacity(panels, out_dir, source or "the selected runs")
     files.update(capacity_files)
+    generalisation, generalisation_files = write_generalisation(
+        panels, {run.info.run_id: run.data.metrics for run in runs}, metric, out_dir, source or "the selected runs")
+    if generalisation is not None:
+        summary["generalisation"] = generalisation
+        files.update(generalisation_files)
     write.write_json(files["summary.json"], summary)
-    pages = {"report.md": text, "capacity.md": files["capacity.md"].read_text()}
-    files["capacity.md"].write_text(figures_as_text(pages["capacity.md"]))
+    pages = {"report.md": text}
+    for name in ("generalisation.md", "capacity.md"):
+        if name in files:
+            pages[name] = files[name].read_text()
+            files[name].write_text(figures_as_text(pages[name]))
     write_html(files["index.html"], pages, out_dir)
     return Report(panels, summary, metrics, text, files, notes, pages)
 
 
 def headline(report: Report) -> str:
-    return write.headline(report.panels)
+    text = write.headline(report.panels)
+    if "generalisation" in report.summary:
+        text += "\n\n" + generalisation_headline(report.summary["generalisation"])
+    return text
 
 
 def attach(client: Any, run_id: str, report: Report, extra_figures: dict[str, Any] | None = None) -> None:

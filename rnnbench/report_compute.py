@@ -53,7 +53,11 @@ def _slug(text: str) -> str:
 
 
 def _line_key(settings: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, v) for k, v in settings.items() if k != X_DEFAULT))
+    """A line's settings: all but the dependency length, and but ``task.train_length`` where it equals the
+    dependency length (a length-generalisation run's default: its lengths sweep together)."""
+    length = settings.get(X_DEFAULT)
+    return tuple(sorted((k, v) for k, v in settings.items()
+                        if k != X_DEFAULT and not (k == "task.train_length" and v == length)))
 
 
 def threshold_of(settings: dict[str, str], threshold: float | None) -> float:

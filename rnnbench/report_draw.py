@@ -181,3 +181,57 @@ def capacity_figure(rows: Sequence[Any]) -> Any:
     fig.suptitle("seeds (dots), median (red), min-max (bar) at the best learning rate", fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def generalisation_figure(curves: Sequence[Any], metric: str) -> Any:
+    """Per task, each curve's (``report_lengths.Curve``) metric against the test length (log axis): the median over
+    the finished seeds, min-max shaded; the trained range shaded grey (a dotted line per curve when they differ),
+    the memoryless baseline dashed and the success threshold dotted."""
+    plt = _pyplot()
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    from rnnbench.report_lengths import panels_of
+
+    panels = panels_of(curves)
+    rows, cols = _grid(len(panels))
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.6 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, panel in zip(axes.flat, panels):
+        mine = [c for c in curves if c.panel is panel]
+        lengths = sorted({n for c in mine for n in c.lengths})
+        trained = sorted({c.trained for c in mine})
+        left, right = min(lengths[0], trained[0]) / 1.4, max(lengths[-1], trained[-1]) * 1.25
+        if len(trained) == 1:
+            ax.axvspan(left, trained[0], color="grey", alpha=0.12, label=f"trained range (up to {trained[0]})")
+        for i, curve in enumerate(mine):
+            color = colors[i % len(colors)]
+            xs = [n for n in curve.lengths if curve.median(n) is not None]
+            beyond = curve.beyond
+            label = curve.label + (f": mean beyond training {beyond:.3f}" if beyond is not None else "")
+            ax.plot(xs, [curve.median(n) for n in xs], marker="o", color=color, label=label)
+            ax.fill_between(xs, [curve.low(n) for n in xs], [curve.high(n) for n in xs], color=color, alpha=0.15)
+            if len(trained) > 1:
+                ax.axvline(curve.trained, linestyle=":", color=color, linewidth=1)
+        chance = [(n, statistics.median([c.baselines[n] for c in mine if n in c.baselines]))
+                  for n in lengths if any(n in c.baselines for c in mine)]
+        if chance:
+            ax.plot([n for n, _ in chance], [v for _, v in chance], linestyle="--", color="black", linewidth=1,
+                    label="chance (memoryless baseline)")
+        for threshold in sorted({c.point.threshold for c in mine}):
+            ax.axhline(threshold, linestyle=":", color="grey", linewidth=1, label=f"success threshold {threshold:g}")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(lengths)
+        ax.set_xticklabels([str(n) for n in lengths])
+        ax.set_xlim(left, right)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("test length (log scale)")
+        ax.set_ylabel(f"{metric} at the test length\n(median of finished seeds, min-max shaded)")
+        ax.set_title(panel.title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
