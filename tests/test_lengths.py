@@ -206,9 +206,30 @@ def test_final_metrics_at_each_test_length_against_a_direct_evaluation(compose, 
     torch.manual_seed(0)
     model = build_model(registry.cell("gru"), {}, task, 8)
     tracker = Recorder()
-    (result,) = train(cfg, SinglePopulation(model), task, [Member(0, tracker)], torch.device("cpu"),
-                      lengths=lengths)
+    seen: list[tuple[bool, int]] = []
+
+    class Watched(SinglePopulation):
+        def forward(self, xs, members):
+            seen.append((self.model.training, xs[0].shape[1]))
+            return super().forward(xs, members)
+
+    (result,) = train(cfg, Watched(model), task, [Member(0, tracker)], torch.device("cpu"), lengths=lengths)
+    trained = [n for training, n in seen if training]
+    evaluated = [n for training, n in seen if not training]
+    assert len(trained) == 6 and set(trained) <= {1, 3, 5, 7} and len(set(trained)) > 1  # odd: expressions
+    # the periodic checks (steps 3 and 6: 4 batches of 4) and the final evaluation (40 sequences in chunks of 16)
+    # at the trained length, then the test lengths: 7 in chunks of 16, 15 in chunks of 16 * 7 // 15 = 7
+    assert evaluated == [7] * (2 * 4) + [7] * 3 + [7] * 3 + [15] * 6, evaluated
     model.eval()
+    # final/accuracy (the outcome's) is the task at task.dependency_length = task.train_length = 7, stream final:1
+    g = generator(0, "final:1", torch.device("cpu"))
+    right = 0
+    for start in range(0, 40, 16):
+        batch = task.sample(min(16, 40 - start), g)
+        assert batch.x.shape[1] == 7
+        with torch.no_grad():
+            right += int((model(batch.x).argmax(-1) == batch.y).sum())
+    assert tracker.metrics["final/accuracy"] == {6: pytest.approx(right / 40)}
     for length in (7, 15):
         g = generator(0, f"final:1@{length}", torch.device("cpu"))
         chunk = lengths.chunk_at(length, 16)  # 4 x batch size sequences of length 7, the same time steps at 15
@@ -278,3 +299,40 @@ def test_run_keys_are_unchanged_while_the_fields_are_off(compose):
     flat = identity.flatten(resolved)
     assert "task.train_length" not in identity.group_settings(flat)
     assert identity.group_settings(identity.flatten(on))["task.test_lengths"] == "[100]"
+
+
+def test_the_length_generalisation_preset_follows_the_protocol(compose, registry):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module(config_module="rnnbench.conf", version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=["experiment=length_generalisation"],
+                            return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params["task"] == "parity,even_pairs,modular_arithmetic,cycle_navigation"
+    assert {"lstm", "gru", "mingru"} <= set(params["cell"].split(","))
+    assert cfg.tracking.experiment == "length_generalisation"
+    assert params["cell"] == "rnn_tanh,lstm,gru,mingru,minlstm,lru" and params["seed"] == "range(3)"
+    assert (cfg.model.param_budget, cfg.trainer.steps) == (20000, 10000)
+    for task in params["task"].split(","):  # each job of the sweep: trained up to 40, tested up to 500
+        job = compose("experiment=length_generalisation", f"task={task}", "cell=mingru")
+        assert (job.task.train_length, job.task.dependency_length) == (40, 40)
+        assert list(job.task.test_lengths)[-1] == 500 and list(job.task.test_lengths)[0] == 40
+        validate(job)
+        lengths = lengths_of(registry, job)
+        assert lengths.train_lengths[0] == (2 if task == "parity" else 1) and lengths.train_lengths[-1] == 40
+
+
+def test_the_tasks_extras_are_logged_at_each_test_length(compose, registry):
+    from rnnbench.model import build_model
+    from rnnbench.population import SinglePopulation
+    from rnnbench.train import Member, train
+
+    cfg = compose(*SMALL, "task=parity", "task.variant=running", "task.dependency_length=4", "task.test_lengths=[8]")
+    spec = registry.task("parity")
+    task = spec.task(**constructor_kwargs(cfg.task))
+    torch.manual_seed(0)
+    tracker = Recorder()
+    train(cfg, SinglePopulation(build_model(registry.cell("gru"), {}, task, 8)), task, [Member(0, tracker)],
+          torch.device("cpu"), lengths=Lengths.build(spec, cfg.task, task))
+    assert {"final/exact_at_8", "final/accuracy_at_8", "final/loss_at_8", "final/exact"} <= set(tracker.metrics)

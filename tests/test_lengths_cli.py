@@ -76,3 +76,19 @@ def test_a_killed_run_resumes_to_the_same_numbers(tmp_path, _template_store):
         for run in runs["0"]:
             run["artifacts"] = ["-"]
     assert_identical(resumed, reference)
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["task=parity", "task.test_lengths=[1,40]"],
+     "task.test_lengths=[1, 40] is not allowed: lengths task 'parity' accepts; at 1: an integer >= 2"),
+    (["task=parity", "task.test_lengths=[100,40]"],
+     "task.test_lengths=[100, 40] is not allowed: lengths in ascending order, each once"),
+    (["task=parity", "task.train_length=40", "task.dependency_length=50"],
+     "task.dependency_length=50 is not allowed: at most task.train_length (40)"),
+], ids=["task-refuses", "order", "above-train"])
+def test_bad_lengths_are_one_line_exit_2_and_write_nothing(tmp_path, args, line):
+    proc = run_cli([*args, "trainer=smoke"], tmp_path)
+    lines = [text for text in proc.stderr.splitlines() if text.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"rnnbench: error: {line}")
+    assert not list(tmp_path.iterdir())
