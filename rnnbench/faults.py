@@ -3,7 +3,8 @@ itself with SIGKILL when it reaches that point, so a test can crash it at a prec
 
 Points: ``store.migrate``, ``checkpoint.write`` (a checkpoint written but not yet renamed into place),
 ``train.before_first_checkpoint``, ``train.after_last_step``, ``sweep.report``. ``<point>@<n>`` fires on the
-n-th time the point is reached (1-based); ``<point>:term`` (or ``:int``) sends SIGTERM (SIGINT) instead of SIGKILL.
+n-th time the point is reached (1-based); ``<point>:term`` (``:int``, ``:usr2``) sends SIGTERM (SIGINT, SIGUSR2: SLURM's
+warning before a job's time limit under submitit) instead of SIGKILL.
 """
 
 from __future__ import annotations
@@ -26,4 +27,5 @@ def fault(point: str) -> None:
         return
     _seen[point] = _seen.get(point, 0) + 1
     if not nth or _seen[point] == int(nth):
-        os.kill(os.getpid(), {"term": signal.SIGTERM, "int": signal.SIGINT}.get(how, signal.SIGKILL))
+        sent = {"term": signal.SIGTERM, "int": signal.SIGINT, "usr2": signal.SIGUSR2}.get(how, signal.SIGKILL)
+        os.kill(os.getpid(), sent)

@@ -96,13 +96,29 @@ def git_commit() -> str | None:
     return commit
 
 
+def handed_on(handler: Any) -> Callable[[int, Any], Any] | None:
+    """The handler a signal had before rnnbench's, when rnnbench hands the signal on to it after checkpointing:
+    a function that another part of the process installed (submitit's checkpoint-and-requeue on SIGUSR2);
+    None for Python's defaults (``SIG_DFL``, ``SIG_IGN``, SIGINT's ``KeyboardInterrupt``)."""
+    if callable(handler) and handler is not signal.default_int_handler:
+        return handler
+    return None
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[Callable[[], int | None]]:
     """For the whole job, SIGINT (Ctrl-C), SIGTERM (a cluster's time limit) and SIGUSR2 request a stop.
 
     Yields the poll function the training loop checks between steps, so a run is always checkpointed at a
     step boundary, never in the middle of an optimiser update. A signal that arrives after the last step lets
-    the job close its runs first; the caller then exits with the signal's status.
+    the job close its runs first.
+
+    When the job ends on a signal, the handlers that were there before are put back and the signal is handed
+    on to the earlier one if it is a function (:func:`handed_on`): under submitit (``launcher=slurm``), SIGUSR2
+    is SLURM's warning before the time limit, and submitit's handler requeues the job (it exits the process) or
+    raises when it will not (``max_num_timeout`` used up). The requeued job resumes from the checkpoint into the
+    same run. Otherwise, or when that handler returns, :class:`Interrupted` is raised and the caller exits with
+    the signal's status.
     """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
@@ -119,6 +135,11 @@ def stop_on_signals() -> Iterator[Callable[[], int | None]]:
         for s, h in previous.items():
             signal.signal(s, h)
         if received:
+            earlier = handed_on(previous[received[0]])
+            if earlier is not None:
+                log.info("signal %d: runs checkpointed and closed; handing the signal on to %s",
+                         received[0], getattr(earlier, "__qualname__", earlier))
+                earlier(received[0], None)
             raise Interrupted(received[0])
 
 
