@@ -54,8 +54,10 @@ def _hydra_app():
         hc = HydraConfig.get()
         multirun = hc.mode == RunMode.MULTIRUN
         n_jobs = int(hc.launcher.get("n_jobs", 1) or 1) if multirun else 1
-        if n_jobs < 0:
-            n_jobs = os.cpu_count() or 1
+        if n_jobs < 0:  # joblib's "every CPU": the CPUs this process was given
+            from rnnbench.resources import usable_cpus
+
+            n_jobs = usable_cpus()
 
         from rnnbench.orphans import exit_if_orphaned
         from rnnbench.runner import run_job

@@ -70,7 +70,7 @@ class TrainerConfig:
     """Resume an interrupted run with the same config from its checkpoint; skip one that already finished."""
     deterministic: bool = False
     threads: Optional[int] = None
-    """torch threads; null: the machine's cores divided by the number of jobs running side by side."""
+    """torch threads; null: the CPUs this process was given divided by the jobs running side by side."""
     progress: str = "auto"
     seeds: int = 1
     """Train runs for seeds seed .. seed + seeds - 1 side by side as one batched model (one MLflow run each)."""

@@ -40,6 +40,7 @@ from rnnbench.manager import get_registry, rnnbench_version
 from rnnbench.memory import check_fits, resolve_device
 from rnnbench.model import build_model, count_parameters
 from rnnbench.population import SinglePopulation, StackedPopulation
+from rnnbench.resources import usable_cpus
 from rnnbench.run_info import run_params, run_tags
 from rnnbench.tracking import MlflowTracker, NullTracker, Tracker, resolve_tracking_uri
 from rnnbench.train import Interrupted, Member, RunResult, train
@@ -50,7 +51,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 def configure_process(cfg: Any, device: torch.device, n_parallel: int) -> dict[str, str]:
     """Seeds, threads, denormal flushing and determinism for this job; returns what was set, as tags."""
-    threads = cfg.trainer.threads or max(1, (os.cpu_count() or 1) // max(1, n_parallel))
+    threads = cfg.trainer.threads or max(1, usable_cpus() // max(1, n_parallel))
     torch.set_num_threads(threads)
     ftz = torch.set_flush_denormal(True)  # vanishing gradients produce denormals: 2.6-7x slower without
     retained = retain_freed_memory()
