@@ -334,8 +334,10 @@ class SweepCallback(Callback):
         self.manifest = None
         try:  # before the parent run exists: a capacity sweep that cannot run creates nothing
             from rnnbench.capacity import check_config
+            from rnnbench.resources import check_slurm_export
 
             check_config(config)
+            check_slurm_export(config)
         except RnnbenchError as exc:
             print(f"rnnbench: error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from exc  # bad input: exit status 2, like every other refusal

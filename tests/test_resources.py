@@ -57,3 +57,34 @@ def test_torch_threads_follow_the_cpus_the_job_was_given(tmp_path, mlflow_uri, g
     client = MlflowClient(tracking_uri=mlflow_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("rnnbench").experiment_id])
     assert run.data.tags["rnnbench.threads"] == "1"
+
+
+SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+
+
+def test_a_slurm_sweep_needs_the_shells_environment_exported():
+    from omegaconf import OmegaConf
+
+    from rnnbench.errors import RnnbenchError
+    from rnnbench.resources import check_slurm_export
+
+    slurm = OmegaConf.create({"hydra": {"launcher": {"_target_": SLURM_LAUNCHER}}})
+    for fine in ({}, {"SBATCH_EXPORT": "ALL"}, {"SBATCH_EXPORT": "all,FOO=1"}):
+        check_slurm_export(slurm, fine)
+    for refused in ("NONE", "NIL", "PATH,HOME"):
+        with pytest.raises(RnnbenchError, match=f"SBATCH_EXPORT={refused} .*SBATCH_EXPORT=ALL rnnbench -m"):
+            check_slurm_export(slurm, {"SBATCH_EXPORT": refused})
+    joblib = OmegaConf.create({"hydra": {"launcher": {"_target_": "hydra_plugins.JoblibLauncher"}}})
+    check_slurm_export(joblib, {"SBATCH_EXPORT": "NONE"})  # not a SLURM sweep: none of its business
+
+
+@pytest.mark.slow
+def test_sbatch_export_none_is_refused_before_anything_is_submitted(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["SBATCH_EXPORT"] = "NONE"
+    proc = subprocess.run([RNNBENCH, "-m", "launcher=slurm", "cell=gru", "trainer=smoke",
+                           f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("rnnbench: error: SBATCH_EXPORT=NONE would keep")
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sweep" / ".submitit").exists()
