@@ -236,14 +236,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(backend_uri: str, cwd: Path, timeout: float = 120) -> tuple[subprocess.Popen, str]:
-    """``mlflow server`` on a free loopback port, once ``/health`` answers."""
+def start_mlflow_server(backend_uri: str, cwd: Path, timeout: float = 120,
+                        extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """``mlflow server`` on a free loopback port (``extra``: more of its options), once ``/health`` answers."""
     port = _free_port()
     mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
     log = open(cwd / "mlflow-server.log", "w")
     proc = subprocess.Popen(
         [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", backend_uri,
-         "--workers", "1"],
+         "--workers", "1", *extra],
         cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         # no background job runner (seven huey worker processes): this server only records runs
         env=dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
