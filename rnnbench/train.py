@@ -275,6 +275,7 @@ def train(
                     members[k].log(d.measure(step, population.model_of(k)) or {}, step)
             if step == 1:
                 fault("train.before_first_checkpoint")
+            fault("train.step", stop_requested)
 
             do_eval = step % t.eval_every == 0 or step == t.steps
             checkpoint_now = step % t.checkpoint_every == 0 and step < t.steps

@@ -62,11 +62,11 @@ def _sweep_runs(url: str, experiment: str):
     return client, parent, children
 
 
-def _launch(tmp_path: Path, url: str, *args: str) -> subprocess.Popen:
+def _launch(tmp_path: Path, url: str, *args: str, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
     import os
 
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SBATCH_EXPORT")}
-    env.update(MLFLOW_TRACKING_URI=url, MLFLOW_DISABLE_TELEMETRY="true")
+    env.update(MLFLOW_TRACKING_URI=url, MLFLOW_DISABLE_TELEMETRY="true", **(env_extra or {}))
     with open(tmp_path / "launch.log", "w") as log:
         return subprocess.Popen([RNNBENCH, "-m", *args, f"hydra.sweep.dir={tmp_path / 'multirun'}"], cwd=tmp_path,
                                 env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -100,16 +100,18 @@ def test_a_sweep_on_slurm_lands_under_one_parent(tmp_path, server):
     assert [r.data.tags["rnnbench.threads"] for r in children] == ["1", "1"]
 
 
-# A GRU on the step loop at dependency length 200: about 80 s of training on this project's 2-core CI machine,
-# longer than one attempt's share of a one-minute limit, so the job is requeued at least once.
-STEPS = 2000
-SLOW = ["cell=gru", "model.fused=false", "model.hidden_size=16", "task.dependency_length=200", "trainer.batch_size=16",
-        f"trainer.steps={STEPS}", f"trainer.eval_every={STEPS}", "trainer.final_eval_sequences=256",
-        "trainer.early_stop=false", "diagnostics=off", "trainer.progress=none"]
+# Each attempt holds at its 50th training step until SLURM's signal arrives (RNNBENCH_FAULT=train.step@50:hold),
+# so the time limit always lands at a known step, however fast the machine: attempt 1 stops at step 50, attempt 2
+# (resumed at 51) at step 100, attempt 3 finishes steps 101-120.
+STEPS = 120
+HOLD = "train.step@50:hold"
+SLOW = ["cell=gru", "model.hidden_size=16", "task.dependency_length=20", "trainer.batch_size=16",
+        f"trainer.steps={STEPS}", "trainer.checkpoint_every=1000", f"trainer.eval_every={STEPS}",
+        "trainer.final_eval_sequences=256", "trainer.early_stop=false", "diagnostics=off", "trainer.progress=none"]
 
 
 def test_a_job_at_its_time_limit_is_requeued_and_resumes_into_the_same_run(tmp_path, server):
-    """timeout_min=1: SLURM's SIGUSR2 comes about 30 s into each attempt (signal_delay_s=5; SLURM checks limits
+    """timeout_min=1: SLURM's SIGUSR2 comes about 30 s into each attempt, while it holds at its 50th step (signal_delay_s=5; SLURM checks limits
     every 30 s, so the default 120 s would signal before rnnbench has started). rnnbench checkpoints and hands the
     signal to submitit, which requeues the job; the requeued job resumes the same run, until it ends FINISHED.
 
@@ -118,7 +120,7 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes_into_the_same_run(tmp_p
     name = f"rnnbench-requeue-{uuid.uuid4().hex[:8]}"
     proc = _launch(tmp_path, server, *ONE_CPU, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=5",
                    "hydra.launcher.max_num_timeout=8", f"hydra.launcher.name={name}", *SLOW,
-                   "tracking.experiment=slurm-requeue")
+                   "tracking.experiment=slurm-requeue", env_extra={"RNNBENCH_FAULT": HOLD})
     deadline = time.monotonic() + 540
     held_since: dict[str, float] = {}
     released = 0
@@ -144,7 +146,7 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes_into_the_same_run(tmp_p
     assert sorted(steps) == list(range(1, STEPS + 1))  # every step logged once, across the attempts
     log = "".join(p.read_text() for p in (tmp_path / "multirun" / ".submitit").rglob("*_log.out"))
     attempts = re.findall(r"run (\w+): gru on adding", log)
-    assert len(attempts) >= 2, f"the job finished before its time limit: raise STEPS\n{log[-4000:]}"
+    assert len(attempts) >= 3, log[-4000:]  # each attempt holds at its 50th step: stopped by 50, by 100, done
     assert set(attempts) == {child.info.run_id}, log[-4000:]
     assert log.count("resuming at step") == len(attempts) - 1 and "Requeued job" in log, log[-4000:]
     assert released >= 1
