@@ -59,9 +59,17 @@ class Plan:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Plan:
         members = {m["run_key"]: (str(m["group_key"]), int(m["seed"])) for m in data.get("members", [])}
-        groups = {str(k): {str(a): str(b) for a, b in v.items()} for k, v in (data.get("groups") or {}).items()}
+        groups = {str(k): _settings(v) for k, v in (data.get("groups") or {}).items()}
         skipped = {str(k): str(v) for k, v in (data.get("not_run") or {}).items()}
         return cls(members, groups, [str(k) for k in data.get("unplaced_run_keys", [])], skipped)
+
+
+def _settings(recorded: dict[str, Any]) -> dict[str, str]:
+    """A planned group's settings as the report compares them: ``identity.group_settings`` of what the plan
+    recorded, so a plan written by an older rnnbench describes its configurations as their runs do."""
+    from rnnbench.identity import group_settings
+
+    return group_settings({str(k): str(v) for k, v in recorded.items()})
 
 
 def ended_jobs(lines: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -92,7 +100,7 @@ def plan_from_jobs(lines: Iterable[Mapping[str, Any]]) -> Plan:
         for key, seed in zip(keys, seeds):
             plan.members[key] = (str(group), int(seed))
         if job.get("settings"):
-            plan.groups.setdefault(str(group), {str(k): str(v) for k, v in job["settings"].items()})
+            plan.groups.setdefault(str(group), _settings(job["settings"]))
     for line in lines:
         if line.get("event") != "skip" or not line.get("run_key"):
             continue
@@ -100,7 +108,7 @@ def plan_from_jobs(lines: Iterable[Mapping[str, Any]]) -> Plan:
         if line.get("group_key") and line.get("seed") is not None:
             plan.members.setdefault(key, (str(line["group_key"]), int(line["seed"])))
             if line.get("settings"):
-                plan.groups.setdefault(str(line["group_key"]), {str(k): str(v) for k, v in line["settings"].items()})
+                plan.groups.setdefault(str(line["group_key"]), _settings(line["settings"]))
         plan.skipped[key] = str(line.get("reason") or "not run")
     plan.unplaced = [k for k in dict.fromkeys(unplaced) if k not in plan.members]
     return plan

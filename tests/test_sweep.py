@@ -415,3 +415,20 @@ def test_plan_from_manifest_lines():
     assert plan.seeds() == {"g": {0, 1}} and plan.groups == {"g": settings}
     assert plan.unplaced == ["old"]
     assert plan_from_jobs([]).members == {} and not plan_from_jobs([])
+
+
+def test_a_plan_describes_its_configurations_as_their_runs_do():
+    """A plan recorded by an older rnnbench kept the unused ``model.hidden_size`` beside a parameter budget; its
+    groups are compared by ``identity.group_settings``, as the runs' params are, so they fall on the same line."""
+    from rnnbench import identity
+    from rnnbench.report import Plan, plan_from_jobs
+
+    recorded = {"cell.name": "gru", "task.name": "adding", "task.dependency_length": "50",
+                "model.param_budget": "10000", "model.hidden_size": "64", "optim.lr": "0.001"}
+    line = {"event": "plan", "overrides": ["cell=gru"], "run_keys": ["k0"], "seeds": [0], "group_key": "g",
+            "settings": recorded}
+    plan = plan_from_jobs([line])
+    run_params = dict(recorded, **{"model.hidden_size": "26"})  # what the run logs: the size the budget chose
+    assert plan.groups["g"] == identity.group_settings(run_params)
+    assert "model.hidden_size" not in plan.groups["g"]
+    assert Plan.from_json({"groups": {"g": recorded}}).groups["g"] == plan.groups["g"]
