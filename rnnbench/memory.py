@@ -27,16 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from rnnbench.devices import available_bytes, resolve_device
 from rnnbench.errors import ConfigError, PluginError
-from rnnbench.model import largest_within
+from rnnbench.meta_sizes import meta_model, hidden_size_for_budget, parameter_count
 
 FLOAT32 = 4
 OPTIMISER_STATES = {"adam": 2, "adamw": 2, "rmsprop": 1, "sgd": 0}
@@ -120,131 +118,6 @@ def human(n: float) -> str:
     raise AssertionError
 
 
-# --- the device and its memory ---------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """``trainer.device`` as a torch device; ``auto`` is CUDA when there is one. A CUDA device that this machine
-    does not have raises :class:`ConfigError`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError("trainer.device", name, "auto or cpu: no CUDA device is available on this machine")
-        if ":" in name and int(name.split(":")[1]) >= count:
-            raise ConfigError("trainer.device", name, f"cuda:0 to cuda:{count - 1} (this machine has {count})")
-    return torch.device(name)
-
-
-def _meminfo_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _cgroup_available() -> int | None:
-    """Room left under a cgroup v2 (or v1) memory limit, if one is set."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            limit = Path(limit_file).read_text().strip()
-            if limit == "max" or int(limit) >= 2**60:
-                return None
-            return max(0, int(limit) - int(Path(usage_file).read_text().strip()))
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-def available_bytes(device: torch.device) -> int | None:
-    """Free memory for a run on ``device``: on CUDA the device's free memory; on the CPU ``MemAvailable``, or
-    the room under the cgroup's limit if that is less. None when it cannot be told."""
-    if device.type == "cuda":
-        try:
-            return int(torch.cuda.mem_get_info(device)[0])
-        except Exception:  # noqa: BLE001 - a driver that cannot tell: do not refuse the run
-            return None
-    if device.type != "cpu":
-        return None
-    values = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
-    return min(values) if values else None
-
-
-# --- parameter counts and the hidden size of a budget, on the meta device --------------------------------------
-
-
-def _meta_model(cell_spec: Any, cell_kwargs: dict[str, Any], task: Any, hidden: int, layers: int, bidirectional: bool,
-                dropout: float, fused: bool) -> torch.nn.Module:
-    from rnnbench.model import build_model
-
-    with torch.device("meta"), torch.random.fork_rng(devices=[]):
-        return build_model(cell_spec, cell_kwargs, task, hidden, num_layers=layers, bidirectional=bidirectional,
-                           dropout=dropout, fused=fused)
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def parameter_count(cell_spec: Any, cell_kwargs: dict[str, Any], task: Any, hidden: int, num_layers: int = 1,
-                    bidirectional: bool = False, dropout: float = 0.0) -> int:
-    """The model's parameter count (readout head included), as ``model.count_parameters`` of the real model would
-    say, without allocating; layers beyond the second are extrapolated."""
-    build = lambda layers: _count(_meta_model(cell_spec, cell_kwargs, task, hidden, layers, bidirectional,  # noqa: E731
-                                              dropout if layers > 1 else 0.0, False))
-    if num_layers <= 2:
-        return build(num_layers)
-    one, two = build(1), build(2)
-    return two + (num_layers - 2) * (two - one)
-
-
-def _size_function(cell_spec: Any, cell_kwargs: dict[str, Any], task: Any, model_kwargs: dict[str, Any]
-                   ) -> Callable[[int], int]:
-    """Parameters as a function of the hidden size: a quadratic fitted on three meta builds and checked on two
-    more (exact for every cell whose weights are matrices and vectors), else meta builds each time."""
-    def direct(h: int) -> int:
-        return parameter_count(cell_spec, cell_kwargs, task, h, **model_kwargs)
-
-    try:
-        p1, p2, p3 = direct(1), direct(2), direct(3)
-        d1, d2 = p2 - p1, p3 - 2 * p2 + p1
-
-        def poly(h: int) -> int:
-            return p1 + (h - 1) * d1 + (h - 1) * (h - 2) // 2 * d2
-
-        if all(poly(h) == direct(h) for h in (5, 8)):
-            return poly
-    except ConfigError:
-        pass
-    return direct
-
-
-def hidden_size_for_budget(cell_spec: Any, cell_kwargs: dict[str, Any], task: Any, budget: int,
-                           **model_kwargs: Any) -> int:
-    """The largest hidden size whose model has at most ``budget`` parameters: the same answer as
-    :func:`rnnbench.model.hidden_size_for_budget`, computed on the meta device (no allocation, any budget).
-
-    A quadratic fitted on a few builds finds it fast; the answer is then checked on real (meta) builds, and a cell
-    whose count is not quadratic in the hidden size (e.g. a rank that grows in steps) is searched build by build."""
-    def direct(h: int) -> int:
-        return parameter_count(cell_spec, cell_kwargs, task, h, **model_kwargs)
-
-    size = _size_function(cell_spec, cell_kwargs, task, model_kwargs)
-    hidden = largest_within(size, budget, cell_spec.name)
-    if size is not direct and not (direct(hidden) <= budget < direct(hidden + 1)):
-        hidden = largest_within(direct, budget, cell_spec.name)
-    return hidden
-
-
 # --- activations ------------------------------------------------------------------------------------------------
 
 
@@ -269,7 +142,7 @@ def _per_sample(cell_spec: Any, cell_kwargs: dict[str, Any], task: Any, hidden: 
                 bidirectional: bool, dropout: float, fused: bool) -> tuple[float, float]:
     """Saved bytes per sequence as ``(per step, constant)``, for ``layers`` layers (extrapolated beyond 2)."""
     def measure(n_layers: int) -> tuple[float, float]:
-        model = _meta_model(cell_spec, cell_kwargs, task, hidden, n_layers, bidirectional,
+        model = meta_model(cell_spec, cell_kwargs, task, hidden, n_layers, bidirectional,
                             dropout if n_layers > 1 else 0.0, fused)
         dims = {int(d) for p in model.parameters() for d in p.shape} | {int(task.input_size), int(task.output_size)}
         batch = next(b for b in _PROBE_BATCHES if b not in dims)

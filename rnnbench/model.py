@@ -81,7 +81,7 @@ def hidden_size_for_budget(
     spec: CellSpec, cell_kwargs: dict[str, Any], task: Task, budget: int, **model_kwargs: Any
 ) -> int:
     """The largest hidden size whose model has at most ``budget`` parameters (readout head included), counted on
-    real (CPU) models; :func:`rnnbench.memory.hidden_size_for_budget` finds the same on the meta device."""
+    real (CPU) models; :func:`rnnbench.meta_sizes.hidden_size_for_budget` finds the same on the meta device."""
 
     def size(hidden: int) -> int:
         with torch.random.fork_rng(devices=[]):

@@ -258,7 +258,8 @@ def check_run(cfg, cwd: Path) -> None:
         raise PluginError(f"task {task_spec.name!r} could not be built: {type(exc).__name__}: "
                           f"{' '.join(str(exc).split())}") from exc
     from rnnbench.lengths import check as check_lengths
-    from rnnbench.memory import check_fits, resolve_device
+    from rnnbench.devices import resolve_device
+    from rnnbench.memory import check_fits
 
     lengths = check_lengths(task_spec, cfg.task, task)
     device = resolve_device(cfg.trainer.device)

@@ -37,7 +37,8 @@ from rnnbench.errors import PluginError, RnnbenchError
 from rnnbench.lengths import Lengths
 from rnnbench.lengths import check as check_lengths
 from rnnbench.manager import get_registry, rnnbench_version
-from rnnbench.memory import check_fits, resolve_device
+from rnnbench.devices import resolve_device
+from rnnbench.memory import check_fits
 from rnnbench.model import build_model, count_parameters
 from rnnbench.population import SinglePopulation, StackedPopulation
 from rnnbench.resources import usable_cpus

@@ -231,7 +231,7 @@ def test_diagnostics_rules_match_the_diagnostics_module(compose):
 
 
 def test_budget_search_on_the_meta_device_matches_the_real_one_for_every_builtin_cell(compose, registry):
-    from rnnbench.memory import hidden_size_for_budget, parameter_count
+    from rnnbench.meta_sizes import hidden_size_for_budget, parameter_count
     from rnnbench.model import build_model, count_parameters
     from rnnbench.model import hidden_size_for_budget as real_search
 
