@@ -338,3 +338,16 @@ def test_capacity_sweep_with_the_submitit_launcher(tmp_path, cli):
     assert parent.data.tags["rnnbench.sweep.launcher"] == "LocalLauncher"
     (ladder,) = [line for line in listing["jobs"] if line.get("event") == "ladder"]
     assert ladder["lengths"] == [4, 8, 16] and len(children) == len(ladder["results"]) >= 1
+
+
+def test_the_readme_shows_the_committed_capacity_table():
+    """The README's results table is the one `rnnbench report` wrote into docs/capacity/ (no hand edits)."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme.split("## Results: memory capacity", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("|")]
+    written = set((root / "docs" / "capacity" / "capacity.md").read_text().splitlines())
+    assert len(table) >= 3 and all(line in written for line in table), [t for t in table if t not in written]
+    summary = json.loads((root / "docs" / "capacity" / "summary.json").read_text())
+    assert {row["cell"] for row in summary["capacity"]["rows"]} == {line.split("|")[1].strip()
+                                                                   for line in table[2:]}
