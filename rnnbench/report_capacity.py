@@ -41,7 +41,8 @@ METHOD = ("run: wall time x torch threads of every run that ran (a seed-parallel
 RULE = ("capacity of a seed: the longest dependency length it succeeded at contiguously from the shortest tested "
         "length (null: the shortest failed); per learning rate the median over seeds (the lower middle value for "
         "an even count), min and max; best learning rate: the highest median capacity, ties to the higher minimum, "
-        "then to the smaller learning rate; robustness at T: the fraction of learning rates whose median reaches T")
+        "then to the smaller learning rate; robustness at T: the fraction of learning rates whose median reaches T (null while an incomplete "
+        "learning rate's median, a lower bound, is below T)")
 
 
 def seed_capacity(line: Line, seed: int) -> tuple[int | None, bool]:
@@ -107,8 +108,11 @@ class Row:
         return sorted({p.dependency_length for o in self.options for p in o.line.points})
 
     @property
-    def robustness(self) -> dict[int, float]:
-        return {t: sum(_rank(o.median) >= t for o in self.options) / len(self.options) for t in self.lengths}
+    def robustness(self) -> dict[int, float | None]:
+        """The fraction of learning rates whose median capacity reaches T; None (not known yet) where an
+        incomplete learning rate's median, a lower bound, is below T."""
+        return {t: None if any(not o.complete and _rank(o.median) < t for o in self.options)
+                else sum(_rank(o.median) >= t for o in self.options) / len(self.options) for t in self.lengths}
 
     @property
     def parameters(self) -> str:
@@ -255,6 +259,10 @@ def ladder_savings(rows: Sequence[Row]) -> dict[str, Any]:
 # --- outputs -------------------------------------------------------------------------------------------------
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def capacity_summary(rows: Sequence[Row]) -> dict[str, Any]:
     def option_json(o: Option) -> dict[str, Any]:
         return {"lr": o.lr, "median": o.median, "min": o.low, "max": o.high, "complete": o.complete,
@@ -265,7 +273,7 @@ def capacity_summary(rows: Sequence[Row]) -> dict[str, Any]:
         "rows": [{"task": r.panel.task, "cell": r.cell, "label": r.label, "lengths": r.lengths,
                   "num_parameters": r.parameters, "complete": r.complete, "best_lr": r.best.lr,
                   "capacity": option_json(r.best), "by_lr": [option_json(o) for o in r.options],
-                  "robustness": {str(t): round(f, 4) for t, f in r.robustness.items()}} for r in rows],
+                  "robustness": {str(t): _round(f) for t, f in r.robustness.items()}} for r in rows],
         "ladder": ladder_savings(rows),
     }
 
@@ -283,8 +291,9 @@ def capacity_markdown(rows: Sequence[Row], summary: dict[str, Any], source: str)
                                                   for t in tasks) + " |")
     out += ["", "![capacity per cell and task](capacity.png)", "",
             "## Learning-rate robustness", "",
-            "The fraction of the learning rates whose median capacity reaches each length; per learning rate, the "
-            "median capacity [min-max] over seeds.", ""]
+            "The fraction of the learning rates whose median capacity reaches each length (`?`: not known yet, an "
+            "incomplete learning rate has not been run that far); per learning rate, the median capacity [min-max] "
+            "over seeds.", ""]
     for task in tasks:
         mine = [r for r in rows if r.panel.task == task]
         lengths = sorted({t for r in mine for t in r.lengths})
@@ -296,7 +305,8 @@ def capacity_markdown(rows: Sequence[Row], summary: dict[str, Any], source: str)
                             else capacity_text(o, r.lengths) for o in r.options)
             rob = r.robustness
             out.append(f"| {r.label} | {'-' if r.best.lr is None else f'{r.best.lr:g}'} | {per} | "
-                       + " | ".join(f"{rob[t]:.2g}" if t in rob else "" for t in lengths) + " |")
+                       + " | ".join("" if t not in rob else "?" if rob[t] is None else f"{rob[t]:.2g}" for t in lengths)
+                       + " |")
         out.append("")
     saved = summary["ladder"]
     runs, cpu = saved["runs"], saved["cpu_seconds"]
@@ -318,7 +328,7 @@ def capacity_csv_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
              "learning_rates": " ".join(f"{o.lr:g}" for o in r.options if o.lr is not None),
              "seed_capacities": json.dumps({str(s): c for s, c in sorted(r.best.capacities.items())}),
              "median_by_lr": json.dumps({f"{o.lr:g}" if o.lr is not None else "-": o.median for o in r.options}),
-             "robustness": json.dumps({str(t): round(f, 4) for t, f in r.robustness.items()})} for r in rows]
+             "robustness": json.dumps({str(t): _round(f) for t, f in r.robustness.items()})} for r in rows]
 
 
 def write_capacity(panels: Sequence[Panel], out_dir: Path, source: str) -> tuple[dict[str, Any], dict[str, Path]]:
@@ -332,6 +342,6 @@ def write_capacity(panels: Sequence[Panel], out_dir: Path, source: str) -> tuple
     files["capacity.md"].write_text(capacity_markdown(rows, summary, source))
     write.write_csv(files["capacity.csv"], capacity_csv_rows(rows))
     fig = capacity_figure(rows)  # report_draw
-    fig.savefig(files["capacity.png"], dpi=110)
+    fig.savefig(files["capacity.png"], dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
     return summary, files

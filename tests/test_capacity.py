@@ -345,9 +345,29 @@ def test_the_readme_shows_the_committed_capacity_table():
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
     section = readme.split("## Results: memory capacity", 1)[1].split("\n## ", 1)[0]
-    table = [line for line in section.splitlines() if line.startswith("|")]
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = []
+    for line in lines[start:]:  # the first table of the section
+        if not line.startswith("|"):
+            break
+        table.append(line)
     written = set((root / "docs" / "capacity" / "capacity.md").read_text().splitlines())
     assert len(table) >= 3 and all(line in written for line in table), [t for t in table if t not in written]
     summary = json.loads((root / "docs" / "capacity" / "summary.json").read_text())
     assert {row["cell"] for row in summary["capacity"]["rows"]} == {line.split("|")[1].strip()
                                                                    for line in table[2:]}
+
+
+def test_robustness_is_unknown_where_an_incomplete_learning_rate_has_not_been_run_that_far():
+    from types import SimpleNamespace
+
+    from rnnbench.report_capacity import Option, Row
+
+    line = SimpleNamespace(points=[SimpleNamespace(dependency_length=t) for t in (25, 50, 100, 200)])
+    done = Option(line, 1e-3, {0: 50, 1: 50, 2: 25}, complete=True)     # failed at 100: known everywhere
+    climbing = Option(line, 3e-3, {0: 100, 1: 100, 2: 50}, complete=False)  # T=200 not run yet
+    row = Row(panel=None, cell="gru", label="gru", options=[done, climbing])
+    assert row.robustness == {25: 1.0, 50: 1.0, 100: 0.5, 200: None}  # 3e-3 reached 100, is not yet past it
+    row = Row(panel=None, cell="gru", label="gru", options=[done, Option(line, 3e-3, climbing.capacities, True)])
+    assert row.robustness == {25: 1.0, 50: 1.0, 100: 0.5, 200: 0.0}
