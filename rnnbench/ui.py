@@ -272,7 +272,7 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
         try:
             os.killpg(proc.pid, sig)  # the server and the workers it started: its own process group
         except ProcessLookupError:
