@@ -341,6 +341,7 @@ def main(argv: Sequence[str]) -> int:
 
     proc = serve(uri, args.host, args.port)
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM stops the UI as Ctrl-C does
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C works even where a parent ignored SIGINT
     try:
         base = ui_base(uri, args.host, args.port)
         print(f"rnnbench: MLflow UI on {uri} at {base} (Ctrl-C stops it)", flush=True)
