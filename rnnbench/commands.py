@@ -1,9 +1,11 @@
-"""``rnnbench plugins``: what is installed, and which distribution provides it."""
+"""``rnnbench plugins``: what is installed, and which distribution provides it; the subcommands' parser."""
 
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
+from rnnbench.errors import RnnbenchError
 from rnnbench.manager import get_registry
 
 
@@ -17,3 +19,11 @@ def plugins_main(argv: list[str]) -> int:
             fused = f" [fused: {spec.fused}]" if getattr(spec, "fused", None) else ""
             print(f"  {name:<22} {registry.provenance(kind, name):<24} {spec.description}{fused}")
     return 0
+
+
+class SubcommandParser(argparse.ArgumentParser):
+    """The argument parser of an ``rnnbench`` subcommand: a usage error is a :class:`RnnbenchError` (one line,
+    exit status 2), naming the subcommand's help."""
+
+    def error(self, message: str) -> NoReturn:
+        raise RnnbenchError(f"{message} (see {self.prog} --help)")

@@ -26,8 +26,8 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
+from rnnbench.commands import SubcommandParser
 from rnnbench.errors import RnnbenchError
 from rnnbench.report_build import DEFAULT_METRIC, REPORT_FILES, Report, attach, build_report, headline
 from rnnbench.report_compute import DEFAULT_THRESHOLD, aggregate, select, summary_metrics
@@ -53,11 +53,6 @@ __all__ = [
 ]
 
 X_CHOICES = ("dependency_length", "lag_min", "lag_median", "lag_max")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise RnnbenchError(f"{message} (see rnnbench report --help)")
 
 
 def _threshold(text: str) -> float:
@@ -100,7 +95,7 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = _Parser(
+    parser = SubcommandParser(
         prog="rnnbench report",
         description="Accuracy against dependency length for the runs of an experiment or of a sweep's parent run. "
         "A length is solved when a strict majority of the planned seeds finish at or above the threshold; the "

@@ -31,9 +31,10 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import quote
 
+from rnnbench.commands import SubcommandParser
 from rnnbench.errors import ConfigError, RnnbenchError
 
 WORKFLOW = "workflowType=machine_learning"
@@ -151,11 +152,6 @@ def browse_lines(uri: str, experiment_id: str, run_id: str | None = None, report
 # --- the command ----------------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise RnnbenchError(f"{message} (see rnnbench ui --help)")
-
-
 def _port(text: str) -> int:
     try:
         value: int | str = int(text)
@@ -173,7 +169,7 @@ def _host(text: str) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = _Parser(
+    parser = SubcommandParser(
         prog="rnnbench ui",
         description="Start the MLflow UI on the store rnnbench uses and print links that open in its "
         "model-training view: the experiment's runs (name, cell, task, length, seed, final accuracy) and the "
