@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import time
@@ -30,7 +31,11 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
 
 
 def start_and_wait_for_checkpoint(args: list[str], cwd: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([RNNBENCH, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Start a run that holds at its 25th step (after its first checkpoint) until a signal arrives, so the signal
+    lands mid-training however fast the machine."""
+    env = {**os.environ, "RNNBENCH_FAULT": "train.step@25:hold"}
+    proc = subprocess.Popen([RNNBENCH, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     deadline = time.monotonic() + 300
     while not list((cwd / "checkpoints").glob("*.pt")):
         assert proc.poll() is None, proc.communicate()

@@ -6,6 +6,7 @@ Kill points are fault-injection points (``RNNBENCH_FAULT``), so the tests do not
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -133,7 +134,9 @@ def test_two_identical_commands_at_once(tmp_path, _template_store):
     """The second command sees the first one's lock and refuses with one line; the first is untouched."""
     folder, uri = store(tmp_path, _template_store, "twice")
     args = [RNNBENCH, *BASE, "trainer.steps=2000", f"tracking.uri={uri}"]
-    first = subprocess.Popen(args, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The first command holds at its 20th step until the SIGTERM below arrives, however fast the machine.
+    env = {**os.environ, "RNNBENCH_FAULT": "train.step@20:hold"}
+    first = subprocess.Popen(args, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list((folder / "checkpoints").glob("*.lock")):
         assert first.poll() is None and time.monotonic() < deadline
