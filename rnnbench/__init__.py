@@ -15,9 +15,10 @@ and advertises the module in its ``pyproject.toml``: ``[project.entry-points.rnn
 Then ``rnnbench cell=mycell task=adding`` works. ``rnnbench.testing.check_cell`` is the contract kit.
 Importing rnnbench loads no plugin, touches no store and starts nothing.
 
-The plugin API is what this module exports, plus three public modules: :mod:`rnnbench.validation` (the
+The plugin API is what this module exports, plus four public modules: :mod:`rnnbench.validation` (the
 validators every config value goes through, raising :class:`ConfigError`), :mod:`rnnbench.init` (recurrent
-weight initialisation) and :mod:`rnnbench.testing` (the contract kit). The built-in cells and tasks use nothing
+weight initialisation), :mod:`rnnbench.kernels` (hand-written backward through time for the classic
+recurrences, for a cell's whole-sequence path) and :mod:`rnnbench.testing` (the contract kit). The built-in cells and tasks use nothing
 else. Every other module is internal: its names may change between releases.
 """
 

@@ -85,7 +85,25 @@ class RecurrentCell(nn.Module):
         and no per-step hook is given (the backward direction runs it on the time-reversed sequence). The step
         path, :meth:`forward`, stays the reference: :meth:`~rnnbench.layers.LoopEncoder.probe`, per-step hooks
         (gate activations) and the gradient-through-time diagnostics always run it.
+
+        The default runs :meth:`stacked_sequence` with K = 1 (and gives None under ``torch.func.vmap``, whose
+        batching rules the hand-written kernels do not have).
         """
+        if torch._C._functorch.is_batchedtensor(x):
+            return None
+        params = {name: p.unsqueeze(0) for name, p in self.named_parameters()}
+        out = self.stacked_sequence(params, x.transpose(0, 1).unsqueeze(0))
+        return None if out is None else out[0].transpose(0, 1)
+
+    def stacked_sequence(self, params: dict[str, Tensor], x: Tensor, reverse: bool = False) -> Tensor | None:
+        """Optional whole-sequence path of K models of this cell's configuration at once: ``params`` the cell's
+        parameters by name, each stacked to (K, *shape); ``x`` (K, T, B, I), time before batch; returns the
+        outputs h_t (K, T, B, H) from the initial state, read from step T-1 down to 0 when ``reverse``; ``None``
+        (the default) when the cell has none. The cell's own parameters are not used, only its structure.
+
+        Seed-parallel training runs K seeds through it, and :meth:`forward_sequence` one model (K = 1). The
+        built-in classic cells implement it with :mod:`rnnbench.kernels`. The contract is
+        :meth:`forward_sequence`'s, for every one of the K models."""
         return None
 
     def gate_activations(self, x: Tensor, state: State) -> dict[str, Tensor]:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnbench.batched import KernelModel, Params, VmapModel, kernel_fits
+from rnnbench.batched import KernelModel, Params, VmapModel
 from rnnbench.base import Task
 from rnnbench.layers import FusedEncoder
 from rnnbench.model import SequenceModel, loop_named_parameters
@@ -148,18 +148,13 @@ class StackedPopulation(Population):
         self.params: Params = {
             n: torch.stack([s[n].detach() for s in states]).requires_grad_(True) for n in self.names
         }
-        fits = kernel_fits(spec, set(self.names), num_layers, bidirectional)
-        if path == "auto":
-            path = "kernel" if fits else "vmap"
-        if path == "kernel" and not fits:
-            raise ValueError(f"cell {spec.name!r} has no batched kernel (fused mode {spec.fused!r}); use 'vmap'")
-        self.path = path
-        self.compute: Any = (
-            KernelModel(spec.fused, num_layers, bidirectional, hidden_size, task.readout, dropout)
-            if path == "kernel"
-            else VmapModel(spec, cell_kwargs, task, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
-                           dropout=dropout)
-        )
+        kernel = None if path == "vmap" else KernelModel.create(
+            spec, cell_kwargs, task, hidden_size, num_layers=num_layers, bidirectional=bidirectional, dropout=dropout)
+        if path == "kernel" and kernel is None:
+            raise ValueError(f"cell {spec.name!r} has no stacked whole-sequence path; use 'vmap'")
+        self.path = "kernel" if kernel is not None else "vmap"
+        self.compute: Any = kernel or VmapModel(spec, cell_kwargs, task, hidden_size, num_layers=num_layers,
+                                                bidirectional=bidirectional, dropout=dropout)
         self._frozen: dict[int, dict[str, Tensor]] = {}
 
     def parameters(self) -> list[Tensor]:

@@ -94,6 +94,11 @@ def assert_same_run(batched: tuple[RunResult, NullTracker], separate: tuple[RunR
         ("rnn_tanh", False, "kernel", ()),
         ("gru", False, "vmap", ()),
         ("peephole_lstm", False, "vmap", ()),
+        ("peephole_lstm", False, "kernel", ()),
+        ("gru_cho2014", False, "kernel", ()),
+        ("lstm_fgr", False, "kernel", ("model.num_layers=2", "model.bidirectional=true", "task=copy",
+                                       "task.dependency_length=5")),
+        ("mingru", False, "vmap", ()),  # no stacked path: auto takes vmap
         ("lstm", True, "kernel", ("model.num_layers=2", "model.bidirectional=true", "task=copy",
                                   "task.dependency_length=5")),
         ("gru", True, "kernel", ("task.variant=pascanu2013", "task.dependency_length=20")),  # lengths vary
@@ -103,7 +108,8 @@ def test_batched_equals_separate_runs(compose, registry, cell, fused, path, over
     cfg, spec, cell_kwargs, task, model_kwargs = setup(
         compose, registry, f"cell={cell}", f"model.fused={str(fused).lower()}", *overrides)
     models = build_seed_models(spec, cell_kwargs, task, SEEDS, cfg.model.hidden_size, fused=fused, **model_kwargs)
-    assert StackedPopulation(spec, cell_kwargs, task, copy.deepcopy(models), 8, path=path, **model_kwargs).path == path
+    assert StackedPopulation(spec, cell_kwargs, task, copy.deepcopy(models), 8, **model_kwargs).path == (
+        "vmap" if cell == "mingru" else "kernel")  # auto: the kernel wherever the cell has a stacked path
     separate = separate_runs(cfg, spec, cell_kwargs, task, copy.deepcopy(models))
     batched = batched_run(cfg, spec, cell_kwargs, task, model_kwargs, path)
     for k in range(len(SEEDS)):
@@ -213,22 +219,25 @@ def test_early_stop_freezes_each_member_at_its_own_step(compose, registry):
             assert torch.allclose(p, q, rtol=1e-4, atol=1e-6)  # a frozen member is no longer updated
 
 
-@pytest.mark.parametrize("mode_cell", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("mode_cell", ["gru", "lstm", "rnn_tanh", "rnn_relu", "rnn_sigmoid", "gru_cho2014",
+                                       "lstm1997", "peephole_lstm", "cifg_lstm", "lstm_fgr", "lstm_noaf"])
 @pytest.mark.parametrize("shape", ["last", "deep_bidirectional_sequence"])
 def test_kernel_gradients_match_autograd_in_float64(registry, mode_cell, shape):
+    """The stacked model against each member's own model: torch's fused module where the cell has one, else
+    the step loop (probe)."""
     spec = registry.cell(mode_cell)
     task = registry.task("adding" if shape == "last" else "copy").task(dependency_length=6)
     model_kwargs = {} if shape == "last" else dict(num_layers=2, bidirectional=True)
     models = [m.double() for m in build_seed_models(spec, {}, task, [0, 1], 5, fused=True, **model_kwargs)]
     params = StackedPopulation(spec, {}, task, models, 5, **model_kwargs).params
-    forward = KernelModel(spec.fused, model_kwargs.get("num_layers", 1), model_kwargs.get("bidirectional", False),
-                          5, task.readout)
+    forward = KernelModel.create(spec, {}, task, 5, num_layers=model_kwargs.get("num_layers", 1),
+                                 bidirectional=model_kwargs.get("bidirectional", False))
     x = torch.stack([task.sample(3, torch.Generator().manual_seed(k)).x.double() for k in range(2)])
     out = forward(params, x)
     weights = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     grads = torch.autograd.grad((out * weights).sum(), list(params.values()))
     for k, model in enumerate(models):
-        reference = model(x[k])
+        reference = model(x[k]) if spec.fused else model.head(model.read(model.encoder.probe(x[k])[0]))
         assert torch.allclose(out[k], reference, rtol=1e-10, atol=1e-12)
         state = loop_named_parameters(model)
         expected = torch.autograd.grad((reference * weights[k]).sum(), list(state.values()))

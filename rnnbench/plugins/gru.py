@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rnnbench import CellConfig, CellSpec, RecurrentCell, hookimpl
+from rnnbench import CellConfig, CellSpec, RecurrentCell, hookimpl, kernels
 from rnnbench.init import recurrent_init_, uniform_default_
 
 
@@ -58,6 +58,10 @@ class GRUCell(RecurrentCell):
         _, r, z = self._step(x, state)
         return {"reset": r, "update": z}
 
+    def stacked_sequence(self, params: dict[str, Tensor], x: Tensor, reverse: bool = False) -> Tensor:
+        xp = kernels.input_projection(x, params["weight_ih"], params["bias_ih"])
+        return kernels.gru(xp, params["weight_hh"], params["bias_hh"], reverse)
+
 
 class GRUCho2014Cell(GRUCell):
     r"""GRU as first published (Cho et al. 2014, Sec. 2.3): the reset gate acts on h BEFORE the recurrent matmul.
@@ -82,6 +86,11 @@ class GRUCho2014Cell(GRUCell):
         z = torch.sigmoid(xz + hz)
         n = torch.tanh(xn + torch.addmm(b_hn, r * h, w_hn.t()))
         return n + z * (h - n), r, z
+
+    def stacked_sequence(self, params: dict[str, Tensor], x: Tensor, reverse: bool = False) -> Tensor:
+        xp = kernels.input_projection(x, params["weight_ih"], params["bias_ih"] + params["bias_hh"])
+        w_rz, w_n = params["weight_hh"].split([2 * self.hidden_size, self.hidden_size], dim=1)
+        return kernels.gru_cho(xp, w_rz, w_n, reverse)
 
 
 @hookimpl

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from rnnbench import CellConfig, CellSpec, RecurrentCell, hookimpl
+from rnnbench import CellConfig, CellSpec, RecurrentCell, hookimpl, kernels
 from rnnbench import State
 from rnnbench import ConfigError
 from rnnbench.init import check_choice, gate_bias_, recurrent_init_, uniform_default_
@@ -111,6 +111,9 @@ class LSTMCell(RecurrentCell):
             raise ConfigError("cell.forget_bias", forget_bias, "null for a cell without a separate forget gate")
         self.blocks: tuple[str, ...] = tuple(blocks)
         self.gate_blocks: tuple[str, ...] = tuple(k for k in blocks if k != "g")
+        if full_gate_recurrence and not self.gate_blocks:
+            raise ConfigError("cell.full_gate_recurrence", full_gate_recurrence,
+                              "false for a cell without input, forget and output gates")
         self.input_gate, self.forget_gate, self.output_gate = input_gate, forget_gate, output_gate
         self.peepholes, self.coupled_gates, self.full_gate_recurrence = peepholes, coupled_gates, full_gate_recurrence
         self.input_activation, self.output_activation = input_activation, output_activation
@@ -170,6 +173,21 @@ class LSTMCell(RecurrentCell):
             gates = {"i": i, "f": f, "o": o}
             return h, (h, c, torch.cat([gates[k] for k in self.gate_blocks], dim=1))
         return h, (h, c)
+
+    def stacked_sequence(self, params: dict[str, Tensor], x: Tensor, reverse: bool = False) -> Tensor:
+        """:func:`rnnbench.kernels.lstm`; with FGR the recurrent matrix gains the gate columns (zero in g's rows)."""
+        flags = kernels.LSTMFlags(
+            blocks="".join(self.blocks), peepholes="".join(k for k in "ifo" if getattr(self, f"w_c{k}") is not None),
+            coupled=self.coupled_gates, gate_recurrence=self.full_gate_recurrence,
+            phi_in=self.input_activation, phi_out=self.output_activation)
+        xp = kernels.input_projection(x, params["weight_ih"], params["bias_ih"] + params["bias_hh"])
+        wrec = params["weight_hh"]
+        if self.full_gate_recurrence:
+            rows = dict(zip(self.gate_blocks, params["weight_hh_gates"].chunk(len(self.gate_blocks), dim=1)))
+            zero = wrec.new_zeros(wrec.shape[0], self.hidden_size, params["weight_hh_gates"].shape[-1])
+            wrec = torch.cat([wrec, torch.cat([rows.get(k, zero) for k in self.blocks], dim=1)], dim=2)
+        peep = torch.stack([params[f"w_c{k}"] for k in flags.peepholes], dim=1) if flags.peepholes else None
+        return kernels.lstm(xp, wrec, peep, flags, reverse)
 
     def gate_activations(self, x: Tensor, state: State) -> dict[str, Tensor]:
         """The gates of the step from ``state`` on ``x``, after the sigmoid: ``input``, ``forget``, ``output``

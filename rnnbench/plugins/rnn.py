@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnbench import CellConfig, CellSpec, RecurrentCell, hookimpl
-from rnnbench import ConfigError
+from rnnbench import ConfigError, kernels
 from rnnbench.init import check_choice, recurrent_init_, uniform_default_
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
@@ -77,6 +77,10 @@ class RNNCell(RecurrentCell):
         pre = torch.addmm(self.bias_ih, x, self.weight_ih.t()) + torch.addmm(self.bias_hh, h, self.weight_hh.t())
         h = self.activation(pre)  # (B, H)
         return h, h
+
+    def stacked_sequence(self, params: dict[str, Tensor], x: Tensor, reverse: bool = False) -> Tensor:
+        xp = kernels.input_projection(x, params["weight_ih"], params["bias_ih"] + params["bias_hh"])
+        return kernels.elman(xp, params["weight_hh"], self.nonlinearity, reverse)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, nonlinearity={self.nonlinearity}"
