@@ -1,9 +1,12 @@
-"""Per-step cost of every registered cell (loop path, and fused path where the spec declares one) against torch's
-``nn.LSTM`` and against the machine's matmul throughput, all measured in the same process, interleaved.
+"""Per-step cost of every registered cell (step loop, LoopEncoder as trained, and fused path where the spec declares
+one) against torch's ``nn.LSTM`` and against the machine's matmul throughput, all measured in the same process,
+interleaved. The markdown opens with the before/after table: step loop against the path rnnbench trains on.
 
 One training step is ``model(x)`` on an adding-problem batch (B, T, 2), the MSE loss of the readout, ``backward()``,
 gradients reset to ``None``; no optimiser. The model is rnnbench's own (``build_model``: cell encoder + linear
-head), so the loop path is exactly ``LoopEncoder``'s Python loop and the fused path ``FusedEncoder``. The
+head): ``step`` is ``LoopEncoder`` with every cell's whole-sequence path switched off (autograd through the
+Python step loop), ``loop`` is ``LoopEncoder`` as rnnbench trains it (the hand-written kernel of
+:mod:`rnnbench.kernels` for the classic cells) and ``fused`` is ``FusedEncoder``. The
 reference is a plain ``nn.LSTM(batch_first=True)`` with the same head.
 
 For each (hidden, length) configuration: one or two warm-up steps per implementation, then rounds. Every round
@@ -106,6 +109,10 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         p.grad = None
 
 
+def _no_sequence(x: torch.Tensor) -> None:
+    return None
+
+
 def build_impls(cells: list[str], paths: list[str], hidden: int) -> list[Impl]:
     """The reference and every (cell, path); models do not depend on the sequence length."""
     from rnnbench.manager import get_registry
@@ -125,6 +132,9 @@ def build_impls(cells: list[str], paths: list[str], hidden: int) -> list[Impl]:
                 continue
             torch.manual_seed(0)
             model = build_model(spec, kwargs, task, hidden, fused=path == "fused")
+            if path == "step":  # no whole-sequence path: autograd through the Python step loop
+                for cell in model.encoder.cells():
+                    cell.forward_sequence = _no_sequence
             impls.append(Impl(f"{name} ({path})", name, path, model, *step_flops(model, BATCH, INPUT, hidden)))
     return impls
 
@@ -347,6 +357,35 @@ def length_growth(configs: list[dict]) -> list[list]:
     return rows
 
 
+GOAL = 1.5
+"""The target: every cell's training step at most this many times nn.LSTM's."""
+
+
+def before_after(configs: list[dict]) -> tuple[list[str], list[list]]:
+    """Per cell, per (hidden, length): the paired ratio to nn.LSTM of the step loop (before), of the path rnnbench
+    trains on (after: the fused module where the cell declares one, else LoopEncoder), and whether the goal holds."""
+    keys = [(c["hidden"], c["length"]) for c in configs]
+    ratio: dict[tuple[str, str, int, int], float] = {}
+    cells: list[str] = []
+    for c in configs:
+        for r in c["rows"]:
+            if r["cell"] == "nn.LSTM" or r.get("error"):
+                continue
+            if r["cell"] not in cells:
+                cells.append(r["cell"])
+            ratio[(r["cell"], r["path"], c["hidden"], c["length"])] = r["paired_ratio_vs_lstm"]
+    rows = []
+    for cell in cells:
+        row: list = [cell]
+        for h, t in keys:
+            before = ratio.get((cell, "step", h, t))
+            after = ratio.get((cell, "fused", h, t), ratio.get((cell, "loop", h, t)))
+            row.append("-" if after is None else
+                       f"{'-' if before is None else f'{before:.2f}'} -> {after:.2f}{'' if after <= GOAL else ' !'}")
+        rows.append(row)
+    return ["cell", *(f"h{h} T{t}" for h, t in keys)], rows
+
+
 def cells_markdown(payload: dict) -> str:
     info = payload["machine"]
     out = ["# Cells: time per step, ratio to nn.LSTM, fraction of the GEMM rate\n", machine_md(info),
@@ -354,6 +393,13 @@ def cells_markdown(payload: dict) -> str:
            f"{payload.get('square_onednn_gflops', float('nan')):.0f} GFLOP/s\n",
            f"- batch {BATCH}, input size {INPUT} (adding problem); forward + backward, no optimiser; "
            "median of repeats after warm-up; 'other load' is the CPU share other processes used meanwhile\n"]
+    header, rows = before_after(payload["configs"])
+    if rows:
+        out.append("\n## Before and after: training step time as a multiple of nn.LSTM's\n\n"
+                   "Paired ratio (median over rounds of the ratio within a round). Before: autograd through the "
+                   "Python step loop (`step`); after: the path rnnbench trains on (`fused` where the cell "
+                   f"declares torch's module, else `loop`: the cell's whole-sequence path). `!`: above {GOAL}x.\n\n")
+        out.append(md_table(header, rows))
     for c in payload["configs"]:
         out.append(f"\n## hidden {c['hidden']}, length {c['length']}\n\n")
         out.append("GEMM GFLOP/s for the step's shapes (width G*H: torch.mm / oneDNN): "
@@ -444,7 +490,10 @@ def run_ftz(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", nargs="*", help="cell names (default: every registered cell)")
-    parser.add_argument("--paths", nargs="+", default=["loop", "fused"], choices=["loop", "fused"])
+    parser.add_argument("--paths", nargs="+", default=["step", "loop", "fused"], choices=["step", "loop", "fused"],
+                        help="step: autograd through the Python step loop; loop: LoopEncoder as rnnbench trains "
+                             "it (the cell's whole-sequence path, e.g. the hand-written kernel, where it has one); "
+                             "fused: torch's nn.LSTM/nn.GRU/nn.RNN for cells that declare it")
     parser.add_argument("--hidden", nargs="+", type=int, default=[32, 128, 512])
     parser.add_argument("--lengths", nargs="+", type=int, default=[100, 1000])
     parser.add_argument("--configs", nargs="*", help="explicit HIDDENxLENGTH pairs instead of the product")

@@ -76,19 +76,28 @@ def _activate(name: str, pre: Tensor, out: Tensor) -> None:
 
 
 def _activation_backward(name: str, grad: Tensor, out: Tensor, into: Tensor | None = None) -> Tensor:
-    """d pre from d out for ``out = act(pre)``, written into ``into`` when given."""
-    if name == "tanh":
-        result = _tanh_backward(grad, out)
-    elif name == "sigmoid":
-        result = _sigmoid_backward(grad, out)
-    elif name == "relu":
-        result = grad * (out > 0)
-    else:
-        result = grad
+    """d pre from d out for ``out = act(pre)``, written into ``into`` when given (no extra copy)."""
     if into is None:
-        return result
-    into.copy_(result)
+        if name == "tanh":
+            return _tanh_backward(grad, out)
+        if name == "sigmoid":
+            return _sigmoid_backward(grad, out)
+        return grad * (out > 0) if name == "relu" else grad
+    if name == "tanh":
+        _tanh_backward.grad_input(grad, out, grad_input=into)
+    elif name == "sigmoid":
+        _sigmoid_backward.grad_input(grad, out, grad_input=into)
+    elif name == "relu":
+        torch.mul(grad, out > 0, out=into)
+    else:
+        into.copy_(grad)
     return into
+
+
+def _steps(seq: Tensor, cols: slice | None = None) -> tuple[Tensor, ...]:
+    """The per-step views (K, B, F) of ``seq`` (K, T, B, F), optionally of columns ``cols`` only: made once
+    before a time loop, which then creates no views of its own."""
+    return (seq if cols is None else seq[..., cols]).unbind(1)
 
 
 class _ElmanScan(torch.autograd.Function):
@@ -98,9 +107,10 @@ class _ElmanScan(torch.autograd.Function):
         hs = xp.new_empty(K, T, B, H)
         h = xp.new_zeros(K, B, H)
         whh_t = whh.transpose(1, 2).contiguous()
+        xs, h_steps = _steps(xp), _steps(hs)
         for t in _order(T, reverse)[0]:
-            pre = torch.baddbmm(xp[:, t], h, whh_t)
-            h = hs[:, t]
+            pre = torch.baddbmm(xs[t], h, whh_t)
+            h = h_steps[t]
             _activate(activation, pre, h)
         ctx.save_for_backward(hs, whh)
         ctx.activation, ctx.reverse = activation, reverse
@@ -112,10 +122,10 @@ class _ElmanScan(torch.autograd.Function):
         K, T, B, H = hs.shape
         dpre = torch.empty_like(hs)
         dh = hs.new_zeros(K, B, H)
+        dh_steps, h_steps, d_steps = _steps(dhs), _steps(hs), _steps(dpre)
         for t in reversed(_order(T, ctx.reverse)[0]):
-            dh = dh + dhs[:, t]
-            d = _activation_backward(ctx.activation, dh, hs[:, t], into=dpre[:, t])
-            dh = torch.bmm(d, whh)
+            dh = dh + dh_steps[t]
+            dh = torch.bmm(_activation_backward(ctx.activation, dh, h_steps[t], into=d_steps[t]), whh)
         return dpre, _weight_grad(dpre, hs, ctx.reverse), None, None
 
 
@@ -157,52 +167,59 @@ class _LSTMScan(torch.autograd.Function):
         blocks, H = flags.blocks, G // len(flags.blocks)
         at = {k: slice(n * H, (n + 1) * H) for n, k in enumerate(blocks)}
         w = {k: peep[:, n].unsqueeze(1) for n, k in enumerate(flags.peepholes)} if peep is not None else {}
-        gate_cols = [at[k] for k in flags.gates]
         Z = wrec.shape[-1]  # H, or H + S*H with the gate recurrence
         zs = xp.new_empty(K, T, B, Z)  # the recurrent input of the next step: h_t (and the gates)
         cs = xp.new_empty(K, T, B, H)
         ys = cs if flags.phi_out == "identity" else xp.new_empty(K, T, B, H)
         acts = xp.new_empty(K, T, B, G)  # sigmoid gates, and g = phi_in(a_g)
+        none = (None,) * T
+        gate = {k: _steps(acts, at[k]) if k in at else none for k in "ifgo"}
+        z_steps, h_steps, c_steps, y_steps = _steps(zs), _steps(zs, slice(0, H)), _steps(cs), _steps(ys)
+        rec_steps = [_steps(zs, slice(H + n * H, H + (n + 1) * H)) for n in range(len(flags.gates))]
+        rec_gates = [gate[k] for k in flags.gates] if flags.gate_recurrence else []
+        peep_i, peep_f, peep_o = w.get("i"), w.get("f"), w.get("o")
+        g_at, o_at = at["g"], at.get("o")
+        i_on, f_on, o_on = "i" in at, "f" in at, "o" in at
+        phi_in = None if flags.phi_in == "sigmoid" else flags.phi_in
+        phi_out = None if flags.phi_out == "identity" else flags.phi_out
         z = xp.new_zeros(K, B, Z)
         c = xp.new_zeros(K, B, H)
         wrec_t = wrec.transpose(1, 2).contiguous()
+        xs, a_steps = _steps(xp), _steps(acts)
         for t in _order(T, reverse)[0]:
-            pre = torch.baddbmm(xp[:, t], z, wrec_t)
-            a = acts[:, t]
-            for k in "if":
-                if k in w:
-                    pre[..., at[k]].addcmul_(w[k], c)
-            torch.sigmoid(pre, out=a)  # every block; g below, and o again with its peephole
-            if flags.phi_in != "sigmoid":
-                _activate(flags.phi_in, pre[..., at["g"]], a[..., at["g"]])
-            i = a[..., at["i"]] if "i" in at else None
-            f = a[..., at["f"]] if "f" in at else None
-            g = a[..., at["g"]]
-            c_new = cs[:, t]
+            pre = torch.baddbmm(xs[t], z, wrec_t)
+            if peep_i is not None:
+                pre[..., at["i"]].addcmul_(peep_i, c)
+            if peep_f is not None:
+                pre[..., at["f"]].addcmul_(peep_f, c)
+            torch.sigmoid(pre, out=a_steps[t])  # every block; g below, and o again with its peephole
+            i, f, g = gate["i"][t], gate["f"][t], gate["g"][t]
+            if phi_in is not None:
+                _activate(phi_in, pre[..., g_at], g)
+            c_new = c_steps[t]
             if flags.coupled:  # c = (1 - i) c + i g = c + i (g - c)
                 torch.addcmul(c, i, g - c, out=c_new)
-            elif i is not None and f is not None:
+            elif i_on and f_on:
                 torch.addcmul(f * c, i, g, out=c_new)
-            elif i is not None:
+            elif i_on:
                 torch.addcmul(c, i, g, out=c_new)
-            elif f is not None:
+            elif f_on:
                 torch.addcmul(g, f, c, out=c_new)
             else:
                 torch.add(c, g, out=c_new)
             c = c_new
-            if "o" in w:
-                torch.sigmoid(torch.addcmul(pre[..., at["o"]], w["o"], c), out=a[..., at["o"]])
-            y = ys[:, t]
-            if flags.phi_out != "identity":
-                _activate(flags.phi_out, c, y)
-            z = zs[:, t]
-            h = z[..., :H]
-            if "o" in at:
-                torch.mul(a[..., at["o"]], y, out=h)
+            if peep_o is not None:
+                torch.sigmoid(torch.addcmul(pre[..., o_at], peep_o, c), out=gate["o"][t])
+            y = y_steps[t]
+            if phi_out is not None:
+                _activate(phi_out, c, y)
+            if o_on:
+                torch.mul(gate["o"][t], y, out=h_steps[t])
             else:
-                h.copy_(y)
-            for n, cols in enumerate(gate_cols if flags.gate_recurrence else ()):
-                z[..., H + n * H : H + (n + 1) * H].copy_(a[..., cols])
+                h_steps[t].copy_(y)
+            for target, source in zip(rec_steps, rec_gates):
+                target[t].copy_(source[t])
+            z = z_steps[t]
         ctx.save_for_backward(zs, cs, ys, acts, wrec, peep)
         ctx.flags, ctx.reverse = flags, reverse
         return zs[..., :H] if flags.gate_recurrence else zs
@@ -217,45 +234,49 @@ class _LSTMScan(torch.autograd.Function):
         w = {k: peep[:, n].unsqueeze(1) for n, k in enumerate(flags.peepholes)} if peep is not None else {}
         gate_at = {k: slice(H + n * H, H + (n + 1) * H) for n, k in enumerate(flags.gates)}
         dpre = acts.new_empty(K, T, B, G)
+        none = (None,) * T
+        gate = {k: _steps(acts, at[k]) if k in at else none for k in "ifgo"}
+        dgate = {k: _steps(dpre, at[k]) if k in at else none for k in "ifgo"}
+        d_steps, dh_steps, c_steps, y_steps = _steps(dpre), _steps(dhs), _steps(cs), _steps(ys)
+        peep_i, peep_f, peep_o = w.get("i"), w.get("f"), w.get("o")
+        i_on, f_on, o_on = "i" in at, "f" in at, "o" in at
+        fgr = flags.gate_recurrence
         dz = acts.new_zeros(K, B, Z)
         dc = acts.new_zeros(K, B, H)
         zero = acts.new_zeros(K, B, H)
         order, back = _order(T, ctx.reverse)
         first = order[0]
         for t in reversed(order):
-            a, d = acts[:, t], dpre[:, t]
-            c_prev = zero if t == first else cs[:, t + back]
-            dh = dhs[:, t] + dz[..., :H]
-
-            def from_next(k: str, grad: Tensor) -> Tensor:  # the gate's own input to the next step (FGR)
-                return grad + dz[..., gate_at[k]] if flags.gate_recurrence else grad
-
-            if "o" in at:
-                o = a[..., at["o"]]
-                _activation_backward("sigmoid", from_next("o", dh * ys[:, t]), o, into=d[..., at["o"]])
+            c_prev = zero if t == first else c_steps[t + back]
+            dh = dh_steps[t] + (dz[..., :H] if fgr else dz)
+            if o_on:
+                o = gate["o"][t]
+                do = dh * y_steps[t]
+                _activation_backward("sigmoid", do + dz[..., gate_at["o"]] if fgr else do, o, into=dgate["o"][t])
                 dy = dh * o
             else:
                 dy = dh
-            dc = dc + _activation_backward(flags.phi_out, dy, ys[:, t])
-            if "o" in w:
-                dc = torch.addcmul(dc, d[..., at["o"]], w["o"])
-            g = a[..., at["g"]]
-            i = a[..., at["i"]] if "i" in at else None
-            if i is not None:
+            dc = dc + _activation_backward(flags.phi_out, dy, y_steps[t])
+            if peep_o is not None:
+                dc = torch.addcmul(dc, dgate["o"][t], peep_o)
+            g, i = gate["g"][t], gate["i"][t]
+            if i_on:
                 di = dc * (g - c_prev) if flags.coupled else dc * g
-                _activation_backward("sigmoid", from_next("i", di), i, into=d[..., at["i"]])
-            if "f" in at:
-                f = a[..., at["f"]]
-                _activation_backward("sigmoid", from_next("f", dc * c_prev), f, into=d[..., at["f"]])
-            _activation_backward(flags.phi_in, dc if i is None else dc * i, g, into=d[..., at["g"]])
+                _activation_backward("sigmoid", di + dz[..., gate_at["i"]] if fgr else di, i, into=dgate["i"][t])
+            if f_on:
+                df = dc * c_prev
+                _activation_backward("sigmoid", df + dz[..., gate_at["f"]] if fgr else df, gate["f"][t],
+                                     into=dgate["f"][t])
+            _activation_backward(flags.phi_in, dc if i is None else dc * i, g, into=dgate["g"][t])
             if flags.coupled:
                 dc = dc - dc * i
-            elif "f" in at:
-                dc = dc * a[..., at["f"]]
-            for k in "if":
-                if k in w:
-                    dc = torch.addcmul(dc, d[..., at[k]], w[k])
-            dz = torch.bmm(d, wrec)
+            elif f_on:
+                dc = dc * gate["f"][t]
+            if peep_i is not None:
+                dc = torch.addcmul(dc, dgate["i"][t], peep_i)
+            if peep_f is not None:
+                dc = torch.addcmul(dc, dgate["f"][t], peep_f)
+            dz = torch.bmm(d_steps[t], wrec)
         dpeep = None
         if peep is not None:
             c_prev = _previous(cs, ctx.reverse)
@@ -288,19 +309,22 @@ class _GRUScan(torch.autograd.Function):
         K, T, B, G = xp.shape
         H = G // 3
         hs = xp.new_empty(K, T, B, H)
-        rzs = xp.new_empty(T, K, B, 2 * H)
-        ns = xp.new_empty(T, K, B, H)
-        ghs = xp.new_empty(T, K, B, G)
+        rzs = xp.new_empty(K, T, B, 2 * H)
+        ns = xp.new_empty(K, T, B, H)
+        ghs = xp.new_empty(K, T, B, G)  # W_h h + b_h, every block
         h = xp.new_zeros(K, B, H)
         whh_t, bias = whh.transpose(1, 2).contiguous(), bhh.unsqueeze(1)
+        x_rz, x_n = _steps(xp, slice(0, 2 * H)), _steps(xp, slice(2 * H, G))
+        gh_steps, gh_rz, gh_n = _steps(ghs), _steps(ghs, slice(0, 2 * H)), _steps(ghs, slice(2 * H, G))
+        rz_steps, r_steps, z_steps = _steps(rzs), _steps(rzs, slice(0, H)), _steps(rzs, slice(H, 2 * H))
+        n_steps, h_steps = _steps(ns), _steps(hs)
         for t in _order(T, reverse)[0]:
-            x_t, gh, rz, n = xp[:, t], ghs[t], rzs[t], ns[t]
-            torch.baddbmm(bias, h, whh_t, out=gh)
-            torch.sigmoid(x_t[..., : 2 * H] + gh[..., : 2 * H], out=rz)
-            torch.tanh(torch.addcmul(x_t[..., 2 * H :], rz[..., :H], gh[..., 2 * H :]), out=n)
-            h_new = hs[:, t]
-            torch.addcmul(n, rz[..., H:], h - n, out=h_new)
-            h = h_new
+            torch.baddbmm(bias, h, whh_t, out=gh_steps[t])
+            torch.sigmoid(x_rz[t] + gh_rz[t], out=rz_steps[t])
+            n = n_steps[t]
+            torch.tanh(torch.addcmul(x_n[t], r_steps[t], gh_n[t]), out=n)
+            torch.addcmul(n, z_steps[t], h - n, out=h_steps[t])
+            h = h_steps[t]
         ctx.save_for_backward(hs, rzs, ns, ghs, whh)
         ctx.reverse = reverse
         return hs
@@ -314,19 +338,23 @@ class _GRUScan(torch.autograd.Function):
         dh = hs.new_zeros(K, B, H)
         zero = hs.new_zeros(K, B, H)
         w_rz, w_n = whh[:, : 2 * H], whh[:, 2 * H :]
+        r_steps, z_steps, n_steps, hn_steps = (_steps(rzs, slice(0, H)), _steps(rzs, slice(H, 2 * H)), _steps(ns),
+                                               _steps(ghs, slice(2 * H, 3 * H)))
+        d_r, d_z, d_n, d_rz = (_steps(dxp, slice(0, H)), _steps(dxp, slice(H, 2 * H)),
+                               _steps(dxp, slice(2 * H, 3 * H)), _steps(dxp, slice(0, 2 * H)))
+        h_steps, dh_steps, dhn_steps = _steps(hs), _steps(dhs), _steps(dhn)
         order, back = _order(T, ctx.reverse)
         first = order[0]
         for t in reversed(order):
-            rz, n, hn, d = rzs[t], ns[t], ghs[t][..., 2 * H :], dxp[:, t]
-            r, z = rz[..., :H], rz[..., H:]
-            h_prev = zero if t == first else hs[:, t + back]
-            dh = dh + dhs[:, t]
-            dn = d[..., 2 * H :]
-            _tanh_backward(torch.addcmul(dh, dh, z, value=-1.0), n, grad_input=dn)
-            _sigmoid_backward(dn * hn, r, grad_input=d[..., :H])
-            _sigmoid_backward(dh * (h_prev - n), z, grad_input=d[..., H : 2 * H])
-            torch.mul(dn, r, out=dhn[:, t])
-            dh = torch.baddbmm(torch.baddbmm(dh * z, d[..., : 2 * H], w_rz), dhn[:, t], w_n)
+            r, z, n = r_steps[t], z_steps[t], n_steps[t]
+            h_prev = zero if t == first else h_steps[t + back]
+            dh = dh + dh_steps[t]
+            dn = d_n[t]
+            _tanh_backward.grad_input(torch.addcmul(dh, dh, z, value=-1.0), n, grad_input=dn)
+            _sigmoid_backward.grad_input(dn * hn_steps[t], r, grad_input=d_r[t])
+            _sigmoid_backward.grad_input(dh * (h_prev - n), z, grad_input=d_z[t])
+            torch.mul(dn, r, out=dhn_steps[t])
+            dh = torch.baddbmm(torch.baddbmm(dh * z, d_rz[t], w_rz), dhn_steps[t], w_n)
         drz = dxp[..., : 2 * H]
         dwhh = torch.cat([_weight_grad(drz, hs, ctx.reverse), _weight_grad(dhn, hs, ctx.reverse)], dim=1)
         dbhh = torch.cat([drz.sum(dim=(1, 2)), dhn.sum(dim=(1, 2))], dim=1)
@@ -350,14 +378,16 @@ class _GRUChoScan(torch.autograd.Function):
         ns = xp.new_empty(K, T, B, H)
         h = xp.new_zeros(K, B, H)
         w_rz_t, w_n_t = w_rz.transpose(1, 2).contiguous(), w_n.transpose(1, 2).contiguous()
+        x_rz, x_n = _steps(xp, slice(0, 2 * H)), _steps(xp, slice(2 * H, G))
+        rz_steps, r_steps, z_steps = _steps(rzs), _steps(rzs, slice(0, H)), _steps(rzs, slice(H, 2 * H))
+        rh_steps, n_steps, h_steps = _steps(rhs), _steps(ns), _steps(hs)
         for t in _order(T, reverse)[0]:
-            x_t, rz, rh, n = xp[:, t], rzs[:, t], rhs[:, t], ns[:, t]
-            torch.sigmoid(torch.baddbmm(x_t[..., : 2 * H], h, w_rz_t), out=rz)
-            torch.mul(rz[..., :H], h, out=rh)
-            torch.tanh(torch.baddbmm(x_t[..., 2 * H :], rh, w_n_t), out=n)
-            h_new = hs[:, t]
-            torch.addcmul(n, rz[..., H:], h - n, out=h_new)
-            h = h_new
+            torch.sigmoid(torch.baddbmm(x_rz[t], h, w_rz_t), out=rz_steps[t])
+            torch.mul(r_steps[t], h, out=rh_steps[t])
+            n = n_steps[t]
+            torch.tanh(torch.baddbmm(x_n[t], rh_steps[t], w_n_t), out=n)
+            torch.addcmul(n, z_steps[t], h - n, out=h_steps[t])
+            h = h_steps[t]
         ctx.save_for_backward(hs, rzs, rhs, ns, w_rz, w_n)
         ctx.reverse = reverse
         return hs
@@ -369,19 +399,22 @@ class _GRUChoScan(torch.autograd.Function):
         dxp = hs.new_empty(K, T, B, 3 * H)
         dh = hs.new_zeros(K, B, H)
         zero = hs.new_zeros(K, B, H)
+        r_steps, z_steps, n_steps = _steps(rzs, slice(0, H)), _steps(rzs, slice(H, 2 * H)), _steps(ns)
+        d_r, d_z, d_n, d_rz = (_steps(dxp, slice(0, H)), _steps(dxp, slice(H, 2 * H)),
+                               _steps(dxp, slice(2 * H, 3 * H)), _steps(dxp, slice(0, 2 * H)))
+        h_steps, dh_steps = _steps(hs), _steps(dhs)
         order, back = _order(T, ctx.reverse)
         first = order[0]
         for t in reversed(order):
-            rz, n, d = rzs[:, t], ns[:, t], dxp[:, t]
-            r, z = rz[..., :H], rz[..., H:]
-            h_prev = zero if t == first else hs[:, t + back]
-            dh = dh + dhs[:, t]
-            dn = d[..., 2 * H :]
-            _tanh_backward(torch.addcmul(dh, dh, z, value=-1.0), n, grad_input=dn)
+            r, z, n = r_steps[t], z_steps[t], n_steps[t]
+            h_prev = zero if t == first else h_steps[t + back]
+            dh = dh + dh_steps[t]
+            dn = d_n[t]
+            _tanh_backward.grad_input(torch.addcmul(dh, dh, z, value=-1.0), n, grad_input=dn)
             drh = torch.bmm(dn, w_n)
-            _sigmoid_backward(drh * h_prev, r, grad_input=d[..., :H])
-            _sigmoid_backward(dh * (h_prev - n), z, grad_input=d[..., H : 2 * H])
-            dh = torch.baddbmm(torch.addcmul(dh * z, drh, r), d[..., : 2 * H], w_rz)
+            _sigmoid_backward.grad_input(drh * h_prev, r, grad_input=d_r[t])
+            _sigmoid_backward.grad_input(dh * (h_prev - n), z, grad_input=d_z[t])
+            dh = torch.baddbmm(torch.addcmul(dh * z, drh, r), d_rz[t], w_rz)
         dn_all = dxp[..., 2 * H :]
         dw_n = torch.bmm(dn_all.reshape(K, T * B, H).transpose(1, 2), rhs.reshape(K, T * B, H))
         return dxp, _weight_grad(dxp[..., : 2 * H], hs, ctx.reverse), dw_n, None

@@ -35,6 +35,7 @@ import torch
 from rnnbench.devices import available_bytes, resolve_device
 from rnnbench.errors import ConfigError, PluginError
 from rnnbench.meta_sizes import meta_model, hidden_size_for_budget, parameter_count
+from rnnbench.model import uses_fused
 
 FLOAT32 = 4
 OPTIMISER_STATES = {"adam": 2, "adamw": 2, "rmsprop": 1, "sgd": 0}
@@ -197,13 +198,14 @@ def _meta_works(cell_spec: Any, cell_kwargs: dict[str, Any], readout: str) -> bo
 
 def _estimate(sizes: Sizes, task: Any, cell_spec: Any, cell_kwargs: dict[str, Any]) -> Estimate:
     model_kwargs = dict(num_layers=sizes.num_layers, bidirectional=sizes.bidirectional, dropout=sizes.dropout)
+    fused = uses_fused(cell_spec, sizes.fused, sizes.device_type)
     try:
         hidden = sizes.hidden_size
         if sizes.param_budget is not None:
             hidden = hidden_size_for_budget(cell_spec, cell_kwargs, task, sizes.param_budget, **model_kwargs)
         params = parameter_count(cell_spec, cell_kwargs, task, hidden, **model_kwargs)
         step, const = _per_sample(cell_spec, cell_kwargs, task, hidden, sizes.num_layers, sizes.bidirectional,
-                                  sizes.dropout, sizes.fused)
+                                  sizes.dropout, fused)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -223,7 +225,7 @@ def _estimate(sizes: Sizes, task: Any, cell_spec: Any, cell_kwargs: dict[str, An
     # x2: the backward pass holds gradients of the same size while it walks back through time (measured on CPU:
     # the peak of a training step is 1.9-2.4x the saved tensors for the RNN, GRU and LSTM loops and fused GRU)
     activations = BACKWARD_FACTOR * batch * (step * length + const)
-    if sizes.fused and getattr(cell_spec, "fused", None) in FUSED_ELMAN_FACTOR:
+    if fused and getattr(cell_spec, "fused", None) in FUSED_ELMAN_FACTOR:
         activations *= FUSED_ELMAN_FACTOR[cell_spec.fused].get(sizes.device_type, 1.0)
     if getattr(task, "readout", "last") == "sequence":
         activations += 2.0 * batch * length * int(task.output_size) * FLOAT32  # logits and log-softmax

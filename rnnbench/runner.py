@@ -39,7 +39,7 @@ from rnnbench.lengths import check as check_lengths
 from rnnbench.manager import get_registry, rnnbench_version
 from rnnbench.devices import resolve_device
 from rnnbench.memory import check_fits
-from rnnbench.model import build_model, count_parameters
+from rnnbench.model import build_model, count_parameters, uses_fused
 from rnnbench.population import SinglePopulation, StackedPopulation
 from rnnbench.resources import usable_cpus
 from rnnbench.run_info import run_params, run_tags
@@ -295,7 +295,8 @@ def run_job(
 
     def seeded_model(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)  # a model's initial weights depend on its seed only
-        return build_model(cell_spec, cell_kwargs, task, hidden, fused=cfg.model.fused, **model_kwargs).to(device)
+        fused = uses_fused(cell_spec, cfg.model.fused, device.type)
+        return build_model(cell_spec, cell_kwargs, task, hidden, fused=fused, **model_kwargs).to(device)
 
     check_contract(seeded_model(cfg.seed), task, registry.provenance("cell", cell_spec.name), cell_spec.name, device)
     common_tags = dict(process_tags, **{

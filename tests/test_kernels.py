@@ -129,3 +129,15 @@ def test_no_kernel_under_vmap():
     seen = []
     torch.func.vmap(lambda x: seen.append(cell.forward_sequence(x)) or x.sum())(torch.zeros(2, B, T, I))
     assert seen == [None] and cell.forward_sequence(torch.zeros(B, T, I)) is not None
+
+
+def test_gru_runs_its_kernel_on_the_cpu_and_cudnn_on_a_gpu(registry):
+    """torch's CPU GRU is slower than the GRU kernel (benchmarks/results/cells-*.md): on the CPU a gru model is
+    the loop encoder on the kernel; every other fused mode, and every mode on CUDA, keeps torch's module."""
+    from rnnbench.model import uses_fused
+
+    assert not uses_fused(registry.cell("gru"), True, "cpu") and uses_fused(registry.cell("gru"), True, "cuda")
+    for name in ("lstm", "rnn_tanh", "rnn_relu", "irnn"):
+        assert uses_fused(registry.cell(name), True, "cpu") and uses_fused(registry.cell(name), True, "cuda")
+    assert not uses_fused(registry.cell("lstm"), False, "cuda") and not uses_fused(registry.cell("peephole_lstm"),
+                                                                                   True, "cuda")
