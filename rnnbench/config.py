@@ -31,7 +31,8 @@ class ModelConfig:
     param_budget: Optional[int] = None
     """If set, the hidden size is the largest whose model has at most this many parameters."""
     fused: bool = True
-    """Run torch's fused kernel for cells that declare one; false forces the step-by-step loop."""
+    """Run torch's fused module for cells that declare one (gru: on a GPU only); false trains the loop encoder
+    (the cell's whole-sequence path, for the classic cells the hand-written kernel)."""
 
 
 @dataclass
