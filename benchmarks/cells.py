@@ -336,6 +336,24 @@ def run_cells(args: argparse.Namespace) -> dict:
     return payload
 
 
+def rewrite(args: argparse.Namespace) -> None:
+    """Re-mark which measured path rnnbench trains on (after a change of ``uses_fused``) and rewrite the files."""
+    from common import RESULTS
+
+    from rnnbench.manager import get_registry
+    from rnnbench.model import uses_fused
+
+    registry = get_registry()
+    payload = json.loads((RESULTS / f"cells{suffix(args)}.json").read_text())
+    for config in payload["configs"]:
+        for row in config["rows"]:
+            if row["cell"] in registry.cells:
+                fused = uses_fused(registry.cell(row["cell"]), True, "cpu")
+                row["trained"] = row["path"] != "step" and (row["path"] == "fused") == fused
+    write_json(f"cells{suffix(args)}.json", payload)
+    write_text(f"cells{suffix(args)}.md", cells_markdown(payload))
+
+
 def suffix(args: argparse.Namespace) -> str:
     return f"-{args.tag}" if args.tag else ""
 
@@ -526,12 +544,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="--ftz: pairs of fresh processes")
     parser.add_argument("--repeats", type=int, default=3, help="--ftz: timed steps per length and process")
     parser.add_argument("--ftz-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rewrite", action="store_true",
+                        help="no timing: mark the trained path of results/cells-TAG.json anew from "
+                             "rnnbench.model.uses_fused and rewrite its markdown")
     args = parser.parse_args()
     if args.keep_memory:
         keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.ftz_child:
+    if args.rewrite:
+        rewrite(args)
+    elif args.ftz_child:
         ftz_child(args)
     elif args.ftz:
         run_ftz(args)

@@ -9,7 +9,7 @@ Three settings run in this process, interleaved round by round so that drifts in
 
 Each trial trains fresh models for ``--steps`` steps (no early stop, one held-out evaluation at the end, a
 ``NullTracker``); the figure is wall time / steps, median over ``--repeats`` rounds. ``torch.set_flush_denormal``
-is on, as in every run.
+is on and glibc keeps freed memory (``rnnbench.allocator.retain_freed_memory``), as in every run.
 
     python benchmarks/seed_parallel.py                     # gru, adding T=100, hidden 64, batch 64, K=8, CPU
     python benchmarks/seed_parallel.py --cell lstm --seeds 4 --threads 2
@@ -100,6 +100,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
+    from rnnbench.allocator import retain_freed_memory
+
+    retain_freed_memory()  # as every training process does (rnnbench.runner)
     cfg = compose([f"cell={args.cell}", f"task={args.task}", f"task.dependency_length={args.length}",
                    f"model.hidden_size={args.hidden}", f"trainer.batch_size={args.batch}",
                    f"trainer.steps={args.steps}", f"trainer.eval_every={args.steps}", "trainer.eval_batches=1",

@@ -31,8 +31,8 @@ class ModelConfig:
     param_budget: Optional[int] = None
     """If set, the hidden size is the largest whose model has at most this many parameters."""
     fused: bool = True
-    """Run torch's fused module for cells that declare one (gru: on a GPU only); false trains the loop encoder
-    (the cell's whole-sequence path, for the classic cells the hand-written kernel)."""
+    """Run torch's fused module for cells that declare one (all but the LSTM: on a GPU only); false trains the
+    loop encoder (the cell's whole-sequence path, for the classic cells the hand-written kernel)."""
 
 
 @dataclass

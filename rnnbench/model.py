@@ -57,14 +57,15 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-SLOWER_ON_CPU = ("GRU",)
+SLOWER_ON_CPU = ("GRU", "RNN_TANH", "RNN_RELU")
 """Fused modes that torch runs slower on the CPU than the cell's own hand-written kernel (rnnbench.kernels):
-``nn.GRU`` measured 1.3-7x slower than the GRU kernel at hidden 32-512 (``benchmarks/results/cells-*.md``)."""
+a training step of ``nn.GRU`` measured 1.25-1.43x the GRU kernel's time and ``nn.RNN`` 1.16-1.6x the Elman
+kernel's, at hidden 32-512 and T = 100-1000 (``benchmarks/results/cells-kernels.md``)."""
 
 
 def uses_fused(spec: CellSpec, fused: bool, device_type: str) -> bool:
     """Whether a model of ``spec`` runs torch's fused module: the spec declares one, ``model.fused`` is true, and
-    it is the fast path on this device (cuDNN on a GPU; on the CPU every mode but :data:`SLOWER_ON_CPU`)."""
+    it is the fast path on this device (cuDNN on a GPU; on the CPU only ``nn.LSTM``, see :data:`SLOWER_ON_CPU`)."""
     return bool(fused and spec.fused) and not (device_type != "cuda" and spec.fused in SLOWER_ON_CPU)
 
 

@@ -312,7 +312,8 @@ def test_the_length_generalisation_preset_follows_the_protocol(compose, registry
     assert params["task"] == "parity,even_pairs,modular_arithmetic,cycle_navigation"
     assert {"lstm", "gru", "mingru"} <= set(params["cell"].split(","))
     assert cfg.tracking.experiment == "length_generalisation"
-    assert params["cell"] == "rnn_tanh,lstm,gru,mingru,minlstm,lru" and params["seed"] == "range(3)"
+    assert params["cell"] == "rnn_tanh,lstm,gru,mingru,minlstm,lru,s6,slstm,indrnn,orthogonal_rnn"
+    assert params["seed"] == "range(3)"
     assert (cfg.model.param_budget, cfg.trainer.steps) == (20000, 10000)
     for task in params["task"].split(","):  # each job of the sweep: trained up to 40, tested up to 500
         job = compose("experiment=length_generalisation", f"task={task}", "cell=mingru")
