@@ -75,8 +75,9 @@ def assert_paths_equal(cell, reverse=False, steps=T):
 
 @pytest.mark.parametrize("flags", LSTM_FLAGS, ids=lambda f: "-".join(
     [k[:2] for k, v in f.items() if v is True] + [f"{f['input_activation'][:3]}{f['output_activation'][:3]}"]))
-def test_lstm_kernel_equals_the_step_for_every_flag_combination(flags):
-    assert_paths_equal(perturbed(LSTMCell(I, H, **flags), seed=3))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "backward"])
+def test_lstm_kernel_equals_the_step_for_every_flag_combination(flags, reverse):
+    assert_paths_equal(perturbed(LSTMCell(I, H, **flags), seed=3), reverse=reverse)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
