@@ -256,16 +256,17 @@ def _check_ladders(uri: str, experiment: str, threshold: float) -> tuple[list, d
 
 @pytest.mark.slow
 def test_capacity_sweep_climbs_per_seed_stops_at_a_failure_and_resumes(tmp_path, cli):
-    """gru and rnn_tanh, two seeds as one seed-parallel job, T = 4, 8, 16 at threshold 0.8: the seeds climb
+    """gru and rnn_tanh, two seeds as one seed-parallel job, T = 4, 8, 16 at threshold 0.9 (measured: gru's seeds
+    reach 0.86 and 0.98 at T=8, rnn_tanh fails at T=4): the seeds climb
     together, split when one fails at T=8, nothing runs above a failure, and the same command again launches
     nothing."""
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["-m", "sweeper=capacity", "cell=gru,rnn_tanh", "task.dependency_length=4,8,16", "trainer.seeds=2",
-            *TINY, "trainer.solved_threshold=0.8", f"tracking.uri={db}", "tracking.experiment=cap",
+            *TINY, "trainer.solved_threshold=0.9", f"tracking.uri={db}", "tracking.experiment=cap",
             f"hydra.sweep.dir={tmp_path / 'multirun'}"]
     proc = cli(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    children, listing = _check_ladders(db, "cap", 0.8)
+    children, listing = _check_ladders(db, "cap", 0.9)
     ladders = [line for line in listing["jobs"] if line.get("event") == "ladder"]
     assert any(line["stopped_at"] == line["lengths"][1] for line in ladders)  # a ladder failed at its second length
     by_t = {}
