@@ -111,6 +111,13 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         p.grad = None
 
 
+def trained_on(spec, path: str) -> bool:
+    """Whether rnnbench trains ``spec`` on ``path`` (step, loop or fused) on the CPU."""
+    from rnnbench.model import uses_fused
+
+    return path != "step" and (path == "fused") == uses_fused(spec, True, "cpu")
+
+
 def _no_sequence(x: torch.Tensor) -> None:
     return None
 
@@ -118,7 +125,7 @@ def _no_sequence(x: torch.Tensor) -> None:
 def build_impls(cells: list[str], paths: list[str], hidden: int) -> list[Impl]:
     """The reference and every (cell, path); models do not depend on the sequence length."""
     from rnnbench.manager import get_registry
-    from rnnbench.model import build_model, uses_fused
+    from rnnbench.model import build_model
     from rnnbench.tasks.adding import AddingTask
 
     registry = get_registry()
@@ -140,9 +147,8 @@ def build_impls(cells: list[str], paths: list[str], hidden: int) -> list[Impl]:
                     continue  # the loop path is the step loop already: timed once, as `loop`
                 for cell in model.encoder.cells():
                     cell.forward_sequence = _no_sequence
-            trained = (path == "fused") == uses_fused(spec, True, "cpu") and path != "step"
             impls.append(Impl(f"{name} ({path})", name, path, model, *step_flops(model, BATCH, INPUT, hidden),
-                              trained=trained))
+                              trained=trained_on(spec, path)))
     return impls
 
 
@@ -341,15 +347,13 @@ def rewrite(args: argparse.Namespace) -> None:
     from common import RESULTS
 
     from rnnbench.manager import get_registry
-    from rnnbench.model import uses_fused
 
     registry = get_registry()
     payload = json.loads((RESULTS / f"cells{suffix(args)}.json").read_text())
     for config in payload["configs"]:
         for row in config["rows"]:
             if row["cell"] in registry.cells:
-                fused = uses_fused(registry.cell(row["cell"]), True, "cpu")
-                row["trained"] = row["path"] != "step" and (row["path"] == "fused") == fused
+                row["trained"] = trained_on(registry.cell(row["cell"]), row["path"])
     write_json(f"cells{suffix(args)}.json", payload)
     write_text(f"cells{suffix(args)}.md", cells_markdown(payload))
 

@@ -109,13 +109,8 @@ def targets(mode: str, tags: dict[str, list[str]]) -> str:
         if fused:
             ratios = ", ".join(f"h{r['hidden']} T{r['length']}: {r['ratio_vs_lstm']:.2f}" for r in fused)
             rows.append([f"rnnbench lstm (fused) vs nn.LSTM ({tag})", ratios, "reference check (~1.0)"])
-        trained = {}  # (cell, hidden, length) -> paired ratio of the path rnnbench trains on
-        for c in cells["configs"]:
-            for r in c["rows"]:
-                if r["path"] in ("loop", "fused") and not r.get("error"):
-                    key = (r["cell"], r["hidden"], r["length"])
-                    if r["path"] == "fused" or key not in trained:
-                        trained[key] = r["paired_ratio_vs_lstm"]
+        trained = {(r["cell"], r["hidden"], r["length"]): r["paired_ratio_vs_lstm"]  # the path rnnbench trains on
+                   for c in cells["configs"] for r in c["rows"] if r.get("trained") and not r.get("error")}
         if trained:
             over = sorted(((v, k) for k, v in trained.items() if v > 1.5), reverse=True)
             worst = ", ".join(f"{k[0]} h{k[1]} T{k[2]} {v:.2f}x" for v, k in over[:8])
