@@ -100,6 +100,11 @@ def _steps(seq: Tensor, cols: slice | None = None) -> tuple[Tensor, ...]:
     return (seq if cols is None else seq[..., cols]).unbind(1)
 
 
+def _block_steps(seq: Tensor, width: int) -> list[tuple[Tensor, ...]]:
+    """The per-step views of each ``width``-wide block of columns of ``seq`` (gate blocks): one list per block."""
+    return [_steps(seq, slice(k, k + width)) for k in range(0, seq.shape[-1], width)]
+
+
 class _ElmanScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, xp: Tensor, whh: Tensor, activation: str, reverse: bool) -> Tensor:
@@ -173,7 +178,7 @@ class _LSTMScan(torch.autograd.Function):
         ys = cs if flags.phi_out == "identity" else xp.new_empty(K, T, B, H)
         acts = xp.new_empty(K, T, B, G)  # sigmoid gates, and g = phi_in(a_g)
         none = (None,) * T
-        gate = {k: _steps(acts, at[k]) if k in at else none for k in "ifgo"}
+        gate = dict.fromkeys("ifgo", none) | dict(zip(blocks, _block_steps(acts, H)))
         z_steps, h_steps, c_steps, y_steps = _steps(zs), _steps(zs, slice(0, H)), _steps(cs), _steps(ys)
         rec_steps = [_steps(zs, slice(H + n * H, H + (n + 1) * H)) for n in range(len(flags.gates))]
         rec_gates = [gate[k] for k in flags.gates] if flags.gate_recurrence else []
@@ -235,8 +240,8 @@ class _LSTMScan(torch.autograd.Function):
         gate_at = {k: slice(H + n * H, H + (n + 1) * H) for n, k in enumerate(flags.gates)}
         dpre = acts.new_empty(K, T, B, G)
         none = (None,) * T
-        gate = {k: _steps(acts, at[k]) if k in at else none for k in "ifgo"}
-        dgate = {k: _steps(dpre, at[k]) if k in at else none for k in "ifgo"}
+        gate = dict.fromkeys("ifgo", none) | dict(zip(blocks, _block_steps(acts, H)))
+        dgate = dict.fromkeys("ifgo", none) | dict(zip(blocks, _block_steps(dpre, H)))
         d_steps, dh_steps, c_steps, y_steps = _steps(dpre), _steps(dhs), _steps(cs), _steps(ys)
         peep_i, peep_f, peep_o = w.get("i"), w.get("f"), w.get("o")
         i_on, f_on, o_on = "i" in at, "f" in at, "o" in at
@@ -316,7 +321,7 @@ class _GRUScan(torch.autograd.Function):
         whh_t, bias = whh.transpose(1, 2).contiguous(), bhh.unsqueeze(1)
         x_rz, x_n = _steps(xp, slice(0, 2 * H)), _steps(xp, slice(2 * H, G))
         gh_steps, gh_rz, gh_n = _steps(ghs), _steps(ghs, slice(0, 2 * H)), _steps(ghs, slice(2 * H, G))
-        rz_steps, r_steps, z_steps = _steps(rzs), _steps(rzs, slice(0, H)), _steps(rzs, slice(H, 2 * H))
+        rz_steps, (r_steps, z_steps) = _steps(rzs), _block_steps(rzs, H)
         n_steps, h_steps = _steps(ns), _steps(hs)
         for t in _order(T, reverse)[0]:
             torch.baddbmm(bias, h, whh_t, out=gh_steps[t])
@@ -338,10 +343,8 @@ class _GRUScan(torch.autograd.Function):
         dh = hs.new_zeros(K, B, H)
         zero = hs.new_zeros(K, B, H)
         w_rz, w_n = whh[:, : 2 * H], whh[:, 2 * H :]
-        r_steps, z_steps, n_steps, hn_steps = (_steps(rzs, slice(0, H)), _steps(rzs, slice(H, 2 * H)), _steps(ns),
-                                               _steps(ghs, slice(2 * H, 3 * H)))
-        d_r, d_z, d_n, d_rz = (_steps(dxp, slice(0, H)), _steps(dxp, slice(H, 2 * H)),
-                               _steps(dxp, slice(2 * H, 3 * H)), _steps(dxp, slice(0, 2 * H)))
+        (r_steps, z_steps), n_steps, hn_steps = _block_steps(rzs, H), _steps(ns), _block_steps(ghs, H)[2]
+        (d_r, d_z, d_n), d_rz = _block_steps(dxp, H), _steps(dxp, slice(0, 2 * H))
         h_steps, dh_steps, dhn_steps = _steps(hs), _steps(dhs), _steps(dhn)
         order, back = _order(T, ctx.reverse)
         first = order[0]
@@ -379,7 +382,7 @@ class _GRUChoScan(torch.autograd.Function):
         h = xp.new_zeros(K, B, H)
         w_rz_t, w_n_t = w_rz.transpose(1, 2).contiguous(), w_n.transpose(1, 2).contiguous()
         x_rz, x_n = _steps(xp, slice(0, 2 * H)), _steps(xp, slice(2 * H, G))
-        rz_steps, r_steps, z_steps = _steps(rzs), _steps(rzs, slice(0, H)), _steps(rzs, slice(H, 2 * H))
+        rz_steps, (r_steps, z_steps) = _steps(rzs), _block_steps(rzs, H)
         rh_steps, n_steps, h_steps = _steps(rhs), _steps(ns), _steps(hs)
         for t in _order(T, reverse)[0]:
             torch.sigmoid(torch.baddbmm(x_rz[t], h, w_rz_t), out=rz_steps[t])
@@ -399,9 +402,8 @@ class _GRUChoScan(torch.autograd.Function):
         dxp = hs.new_empty(K, T, B, 3 * H)
         dh = hs.new_zeros(K, B, H)
         zero = hs.new_zeros(K, B, H)
-        r_steps, z_steps, n_steps = _steps(rzs, slice(0, H)), _steps(rzs, slice(H, 2 * H)), _steps(ns)
-        d_r, d_z, d_n, d_rz = (_steps(dxp, slice(0, H)), _steps(dxp, slice(H, 2 * H)),
-                               _steps(dxp, slice(2 * H, 3 * H)), _steps(dxp, slice(0, 2 * H)))
+        (r_steps, z_steps), n_steps = _block_steps(rzs, H), _steps(ns)
+        (d_r, d_z, d_n), d_rz = _block_steps(dxp, H), _steps(dxp, slice(0, 2 * H))
         h_steps, dh_steps = _steps(hs), _steps(dhs)
         order, back = _order(T, ctx.reverse)
         first = order[0]
