@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnbench import native
+
 _sigmoid_backward = torch.ops.aten.sigmoid_backward
 _tanh_backward = torch.ops.aten.tanh_backward
 ACTIVATIONS = ("tanh", "sigmoid", "identity", "relu")
@@ -165,9 +167,36 @@ class LSTMFlags:
         return self.blocks.replace("g", "")
 
 
+_ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "identity": 2, "relu": 3}  # csrc/steps.cpp's Act
+
+
+def _native_flags(flags: LSTMFlags) -> list[int]:
+    """``flags`` as csrc/steps.cpp's lstm_* read them: block indices of i, f, g, o (-1: absent), peephole rows of
+    i, f, o (-1: none), coupled, gate recurrence, activation codes of phi_in and phi_out, the number of blocks,
+    and with the gate recurrence the block indices of its gates."""
+    n = len(flags.blocks)
+    offset = {k: flags.blocks.index(k) for k in flags.blocks}
+    peep = {k: flags.peepholes.index(k) for k in flags.peepholes}
+    return [*(offset.get(k, -1) for k in "ifgo"), *(peep.get(k, -1) for k in "ifo"), int(flags.coupled),
+            int(flags.gate_recurrence), _ACTIVATION_CODES[flags.phi_in], _ACTIVATION_CODES[flags.phi_out], n,
+            *((offset[k] for k in flags.gates) if flags.gate_recurrence else ())]
+
+
 class _LSTMScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, xp: Tensor, wrec: Tensor, peep: Tensor | None, flags: LSTMFlags, reverse: bool) -> Tensor:
+        compiled = native.usable(xp, wrec)
+        if compiled is not None:
+            zs, cs, ys, acts = compiled.lstm_forward(xp.contiguous(), wrec, peep, _native_flags(flags), reverse)
+        else:
+            zs, cs, ys, acts = _LSTMScan.loop(xp, wrec, peep, flags, reverse)
+        ctx.save_for_backward(zs, cs, ys, acts, wrec, peep)
+        ctx.flags, ctx.reverse = flags, reverse
+        return zs[..., : cs.shape[-1]] if flags.gate_recurrence else zs
+
+    @staticmethod
+    def loop(xp: Tensor, wrec: Tensor, peep: Tensor | None, flags: LSTMFlags, reverse: bool) -> tuple[Tensor, ...]:
+        """The forward time loop in Python: zs, cs, ys, acts."""
         K, T, B, G = xp.shape
         blocks, H = flags.blocks, G // len(flags.blocks)
         at = {k: slice(n * H, (n + 1) * H) for n, k in enumerate(blocks)}
@@ -225,14 +254,30 @@ class _LSTMScan(torch.autograd.Function):
             for target, source in zip(rec_steps, rec_gates):
                 target[t].copy_(source[t])
             z = z_steps[t]
-        ctx.save_for_backward(zs, cs, ys, acts, wrec, peep)
-        ctx.flags, ctx.reverse = flags, reverse
-        return zs[..., :H] if flags.gate_recurrence else zs
+        return zs, cs, ys, acts
 
     @staticmethod
     def backward(ctx: Any, dhs: Tensor) -> tuple[Tensor | None, ...]:
         zs, cs, ys, acts, wrec, peep = ctx.saved_tensors
         flags: LSTMFlags = ctx.flags
+        compiled = native.usable(acts, dhs)
+        if compiled is not None:
+            dpre, dpeep = compiled.lstm_backward(dhs, zs, cs, ys, acts, wrec, peep, _native_flags(flags), ctx.reverse)
+            return dpre, _weight_grad(dpre, zs, ctx.reverse), dpeep if peep is not None else None, None, None
+        dpre = _LSTMScan.backward_loop(dhs, zs, cs, ys, acts, wrec, peep, flags, ctx.reverse)
+        dpeep = None
+        if peep is not None:
+            H = cs.shape[-1]
+            at = {k: slice(n * H, (n + 1) * H) for n, k in enumerate(flags.blocks)}
+            c_prev = _previous(cs, ctx.reverse)
+            dpeep = torch.stack([(dpre[..., at[k]] * (cs if k == "o" else c_prev)).sum(dim=(1, 2))
+                                 for k in flags.peepholes], dim=1)
+        return dpre, _weight_grad(dpre, zs, ctx.reverse), dpeep, None, None
+
+    @staticmethod
+    def backward_loop(dhs: Tensor, zs: Tensor, cs: Tensor, ys: Tensor, acts: Tensor, wrec: Tensor,
+                      peep: Tensor | None, flags: LSTMFlags, reverse: bool) -> Tensor:
+        """The backward time loop in Python: d pre-activations (K, T, B, G)."""
         K, T, B, G = acts.shape
         blocks, H, Z = flags.blocks, G // len(flags.blocks), zs.shape[-1]
         at = {k: slice(n * H, (n + 1) * H) for n, k in enumerate(blocks)}
@@ -249,7 +294,7 @@ class _LSTMScan(torch.autograd.Function):
         dz = acts.new_zeros(K, B, Z)
         dc = acts.new_zeros(K, B, H)
         zero = acts.new_zeros(K, B, H)
-        order, back = _order(T, ctx.reverse)
+        order, back = _order(T, reverse)
         first = order[0]
         for t in reversed(order):
             c_prev = zero if t == first else c_steps[t + back]
@@ -282,12 +327,7 @@ class _LSTMScan(torch.autograd.Function):
             if peep_f is not None:
                 dc = torch.addcmul(dc, dgate["f"][t], peep_f)
             dz = torch.bmm(d_steps[t], wrec)
-        dpeep = None
-        if peep is not None:
-            c_prev = _previous(cs, ctx.reverse)
-            dpeep = torch.stack([(dpre[..., at[k]] * (cs if k == "o" else c_prev)).sum(dim=(1, 2))
-                                 for k in flags.peepholes], dim=1)
-        return dpre, _weight_grad(dpre, zs, ctx.reverse), dpeep, None, None
+        return dpre
 
 
 def lstm(xp: Tensor, wrec: Tensor, peep: Tensor | None = None, flags: LSTMFlags = LSTMFlags(),
@@ -311,6 +351,16 @@ class _GRUScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, xp: Tensor, whh: Tensor, bhh: Tensor, reverse: bool) -> Tensor:
+        compiled = native.usable(xp, whh)
+        loop = _GRUScan.loop if compiled is None else compiled.gru_forward
+        hs, rzs, ns, ghs = loop(xp.contiguous(), whh, bhh, reverse)
+        ctx.save_for_backward(hs, rzs, ns, ghs, whh)
+        ctx.reverse = reverse
+        return hs
+
+    @staticmethod
+    def loop(xp: Tensor, whh: Tensor, bhh: Tensor, reverse: bool) -> tuple[Tensor, ...]:
+        """The forward time loop in Python: hs, rzs, ns, ghs."""
         K, T, B, G = xp.shape
         H = G // 3
         hs = xp.new_empty(K, T, B, H)
@@ -330,13 +380,24 @@ class _GRUScan(torch.autograd.Function):
             torch.tanh(torch.addcmul(x_n[t], r_steps[t], gh_n[t]), out=n)
             torch.addcmul(n, z_steps[t], h - n, out=h_steps[t])
             h = h_steps[t]
-        ctx.save_for_backward(hs, rzs, ns, ghs, whh)
-        ctx.reverse = reverse
-        return hs
+        return hs, rzs, ns, ghs
 
     @staticmethod
     def backward(ctx: Any, dhs: Tensor) -> tuple[Tensor | None, ...]:
         hs, rzs, ns, ghs, whh = ctx.saved_tensors
+        compiled = native.usable(hs, dhs)
+        loop = _GRUScan.backward_loop if compiled is None else compiled.gru_backward
+        dxp, dhn = loop(dhs, hs, rzs, ns, ghs, whh, ctx.reverse)
+        H = hs.shape[-1]
+        drz = dxp[..., : 2 * H]
+        dwhh = torch.cat([_weight_grad(drz, hs, ctx.reverse), _weight_grad(dhn, hs, ctx.reverse)], dim=1)
+        dbhh = torch.cat([drz.sum(dim=(1, 2)), dhn.sum(dim=(1, 2))], dim=1)
+        return dxp, dwhh, dbhh, None
+
+    @staticmethod
+    def backward_loop(dhs: Tensor, hs: Tensor, rzs: Tensor, ns: Tensor, ghs: Tensor, whh: Tensor,
+                      reverse: bool) -> tuple[Tensor, Tensor]:
+        """The backward time loop in Python: dxp (d pre-activations r, z and the x side of n), dhn."""
         K, T, B, H = hs.shape
         dxp = hs.new_empty(K, T, B, 3 * H)  # d pre-activations: r, z (shared with gh), n (x side)
         dhn = hs.new_empty(K, T, B, H)  # d (W_hn h + b_hn)
@@ -346,7 +407,7 @@ class _GRUScan(torch.autograd.Function):
         (r_steps, z_steps), n_steps, hn_steps = _block_steps(rzs, H), _steps(ns), _block_steps(ghs, H)[2]
         (d_r, d_z, d_n), d_rz = _block_steps(dxp, H), _steps(dxp, slice(0, 2 * H))
         h_steps, dh_steps, dhn_steps = _steps(hs), _steps(dhs), _steps(dhn)
-        order, back = _order(T, ctx.reverse)
+        order, back = _order(T, reverse)
         first = order[0]
         for t in reversed(order):
             r, z, n = r_steps[t], z_steps[t], n_steps[t]
@@ -358,10 +419,7 @@ class _GRUScan(torch.autograd.Function):
             _sigmoid_backward.grad_input(dh * (h_prev - n), z, grad_input=d_z[t])
             torch.mul(dn, r, out=dhn_steps[t])
             dh = torch.baddbmm(torch.baddbmm(dh * z, d_rz[t], w_rz), dhn_steps[t], w_n)
-        drz = dxp[..., : 2 * H]
-        dwhh = torch.cat([_weight_grad(drz, hs, ctx.reverse), _weight_grad(dhn, hs, ctx.reverse)], dim=1)
-        dbhh = torch.cat([drz.sum(dim=(1, 2)), dhn.sum(dim=(1, 2))], dim=1)
-        return dxp, dwhh, dbhh, None
+        return dxp, dhn
 
 
 def gru(xp: Tensor, whh: Tensor, bhh: Tensor, reverse: bool = False) -> Tensor:
@@ -373,6 +431,16 @@ def gru(xp: Tensor, whh: Tensor, bhh: Tensor, reverse: bool = False) -> Tensor:
 class _GRUChoScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, xp: Tensor, w_rz: Tensor, w_n: Tensor, reverse: bool) -> Tensor:
+        compiled = native.usable(xp, w_rz)
+        loop = _GRUChoScan.loop if compiled is None else compiled.gru_cho_forward
+        hs, rzs, rhs, ns = loop(xp.contiguous(), w_rz, w_n, reverse)
+        ctx.save_for_backward(hs, rzs, rhs, ns, w_rz, w_n)
+        ctx.reverse = reverse
+        return hs
+
+    @staticmethod
+    def loop(xp: Tensor, w_rz: Tensor, w_n: Tensor, reverse: bool) -> tuple[Tensor, ...]:
+        """The forward time loop in Python: hs, rzs, rhs, ns."""
         K, T, B, G = xp.shape
         H = G // 3
         hs = xp.new_empty(K, T, B, H)
@@ -391,13 +459,23 @@ class _GRUChoScan(torch.autograd.Function):
             torch.tanh(torch.baddbmm(x_n[t], rh_steps[t], w_n_t), out=n)
             torch.addcmul(n, z_steps[t], h - n, out=h_steps[t])
             h = h_steps[t]
-        ctx.save_for_backward(hs, rzs, rhs, ns, w_rz, w_n)
-        ctx.reverse = reverse
-        return hs
+        return hs, rzs, rhs, ns
 
     @staticmethod
     def backward(ctx: Any, dhs: Tensor) -> tuple[Tensor | None, ...]:
         hs, rzs, rhs, ns, w_rz, w_n = ctx.saved_tensors
+        compiled = native.usable(hs, dhs)
+        loop = _GRUChoScan.backward_loop if compiled is None else compiled.gru_cho_backward
+        dxp = loop(dhs, hs, rzs, ns, w_rz, w_n, ctx.reverse)
+        K, T, B, H = hs.shape
+        dn_all = dxp[..., 2 * H :]
+        dw_n = torch.bmm(dn_all.reshape(K, T * B, H).transpose(1, 2), rhs.reshape(K, T * B, H))
+        return dxp, _weight_grad(dxp[..., : 2 * H], hs, ctx.reverse), dw_n, None
+
+    @staticmethod
+    def backward_loop(dhs: Tensor, hs: Tensor, rzs: Tensor, ns: Tensor, w_rz: Tensor, w_n: Tensor,
+                      reverse: bool) -> Tensor:
+        """The backward time loop in Python: d pre-activations (K, T, B, 3H)."""
         K, T, B, H = hs.shape
         dxp = hs.new_empty(K, T, B, 3 * H)
         dh = hs.new_zeros(K, B, H)
@@ -405,7 +483,7 @@ class _GRUChoScan(torch.autograd.Function):
         (r_steps, z_steps), n_steps = _block_steps(rzs, H), _steps(ns)
         (d_r, d_z, d_n), d_rz = _block_steps(dxp, H), _steps(dxp, slice(0, 2 * H))
         h_steps, dh_steps = _steps(hs), _steps(dhs)
-        order, back = _order(T, ctx.reverse)
+        order, back = _order(T, reverse)
         first = order[0]
         for t in reversed(order):
             r, z, n = r_steps[t], z_steps[t], n_steps[t]
@@ -417,9 +495,7 @@ class _GRUChoScan(torch.autograd.Function):
             _sigmoid_backward.grad_input(drh * h_prev, r, grad_input=d_r[t])
             _sigmoid_backward.grad_input(dh * (h_prev - n), z, grad_input=d_z[t])
             dh = torch.baddbmm(torch.addcmul(dh * z, drh, r), d_rz[t], w_rz)
-        dn_all = dxp[..., 2 * H :]
-        dw_n = torch.bmm(dn_all.reshape(K, T * B, H).transpose(1, 2), rhs.reshape(K, T * B, H))
-        return dxp, _weight_grad(dxp[..., : 2 * H], hs, ctx.reverse), dw_n, None
+        return dxp
 
 
 def gru_cho(xp: Tensor, w_rz: Tensor, w_n: Tensor, reverse: bool = False) -> Tensor:

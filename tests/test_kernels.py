@@ -1,6 +1,7 @@
 """The hand-written backward-through-time kernels (rnnbench.kernels) equal autograd through the step loop, in
 float64, values and gradients: every LSTM flag combination, every Elman activation, both GRUs, both directions,
-one model and K stacked models."""
+one model and K stacked models; the LSTM family and GRUs with their compiled time loops (rnnbench.native) and
+with the Python ones."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import itertools
 import pytest
 import torch
 
+from rnnbench import native
 from rnnbench.layers import unroll
 from rnnbench.plugins.gru import GRUCell, GRUCho2014Cell
 from rnnbench.plugins.lstm import ACTIVATIONS, LSTMCell
@@ -16,6 +18,22 @@ from rnnbench.plugins.rnn import RNNCell
 
 I, H, B, T = 3, 4, 5, 7
 TOL = {"rtol": 1e-9, "atol": 1e-11}
+
+
+@pytest.fixture(params=["compiled", "python"])
+def loops(request, monkeypatch):
+    """Which time loops the LSTM and GRU kernels run: None for Python's; for the compiled ones the list of their
+    calls, which the test asserts is not empty (a silent fallback to Python fails it)."""
+    calls: list[str] = []
+    if request.param == "python":
+        monkeypatch.setattr(native, "usable", lambda *tensors: None)
+        return None
+    else:
+        if native.ops() is None:
+            pytest.fail("the compiled time loops did not build (see the notice above)")
+        real = native.usable
+        monkeypatch.setattr(native, "usable", lambda *tensors: calls.append("compiled") or real(*tensors))
+    return calls
 
 
 def lstm_flags() -> list[dict]:
@@ -76,8 +94,9 @@ def assert_paths_equal(cell, reverse=False, steps=T):
 @pytest.mark.parametrize("flags", LSTM_FLAGS, ids=lambda f: "-".join(
     [k[:2] for k, v in f.items() if v is True] + [f"{f['input_activation'][:3]}{f['output_activation'][:3]}"]))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "backward"])
-def test_lstm_kernel_equals_the_step_for_every_flag_combination(flags, reverse):
+def test_lstm_kernel_equals_the_step_for_every_flag_combination(flags, reverse, loops):
     assert_paths_equal(perturbed(LSTMCell(I, H, **flags), seed=3), reverse=reverse)
+    assert loops is None or loops
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -88,14 +107,16 @@ def test_lstm_kernel_equals_the_step_for_every_flag_combination(flags, reverse):
     lambda: LSTMCell(I, H, peepholes=True, full_gate_recurrence=True),
     lambda: LSTMCell(I, H, peepholes=True, coupled_gates=True, output_activation="identity"),
 ], ids=["rnn_tanh", "rnn_relu", "rnn_sigmoid", "gru", "gru_cho2014", "lstm", "lstm_fgr", "cifg_noaf"])
-def test_kernels_in_both_directions_and_any_length(make, reverse, steps):
-    assert_paths_equal(perturbed(make(), seed=4), reverse=reverse, steps=steps)
+def test_kernels_in_both_directions_and_any_length(make, reverse, steps, loops):
+    cell = perturbed(make(), seed=4)
+    assert_paths_equal(cell, reverse=reverse, steps=steps)
+    assert isinstance(cell, RNNCell) or loops is None or loops
 
 
 @pytest.mark.parametrize("make", [lambda: RNNCell(I, H, "sigmoid"), lambda: GRUCho2014Cell(I, H),
                                   lambda: LSTMCell(I, H, peepholes=True, full_gate_recurrence=True)],
                          ids=["rnn_sigmoid", "gru_cho2014", "lstm_fgr"])
-def test_stacked_models_each_equal_their_own_run(make):
+def test_stacked_models_each_equal_their_own_run(make, loops):
     """K = 3 models with different weights through stacked_sequence: each member's outputs and gradients are
     those of its own model alone (no mixing across the K dimension)."""
     cells = [perturbed(make(), seed=10 + k).double() for k in range(3)]
@@ -112,6 +133,7 @@ def test_stacked_models_each_equal_their_own_run(make):
         torch.testing.assert_close(out[k].detach().transpose(0, 1), want[0], **TOL)
         for name, grad, expected in zip(names, grads, want[2:]):
             torch.testing.assert_close(grad[k], expected, **TOL, msg=lambda m: f"member {k} {name}: {m}")
+    assert isinstance(cells[0], RNNCell) or loops is None or loops
 
 
 def test_lstm_refuses_flags_without_meaning():

@@ -1,0 +1,186 @@
+"""The compiled time loops (rnnbench.native): float32 results against the Python loops (the polynomial exp and
+tanh, oneDNN's matmul at large hidden sizes, K stacked models), NaN and infinities carried as torch carries them,
+and the build: cached, atomic under concurrent builders and kills, one notice and the Python loops without a
+compiler or when the build fails."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnbench import kernels, native
+
+pytestmark = pytest.mark.skipif(native.ops() is None, reason="no compiled time loops on this machine")
+
+
+def both(run, *inputs: torch.Tensor, monkeypatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Outputs and input gradients of ``run`` with the compiled loops, then with the Python loops."""
+    results = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(native, "usable", lambda *tensors: None)
+        leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
+        out = run(*leaves)
+        up = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=out.dtype)
+        results.append([out.detach(), *torch.autograd.grad((out * up).sum(), leaves)])
+    return results[0], results[1]
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("K,H", [(1, 256), (2, 256), (1, 16)], ids=["onednn", "stacked", "small"])
+@pytest.mark.parametrize("kind", ["lstm_peephole_fgr", "gru", "gru_cho"])
+def test_float32_matches_the_python_loops(kind, K, H, monkeypatch):
+    """float32 at sizes where one weight set takes oneDNN's matmul (K = 1, hidden 256), stacked sets take
+    bmm, and small rows end in the vector loops' remainders: within float32 rounding of the Python loops."""
+    T, B = 6, 9
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    if kind == "lstm_peephole_fgr":
+        flags = kernels.LSTMFlags(peepholes="ifo", gate_recurrence=True)
+        args = (rand(K, T, B, 4 * H), rand(K, 4 * H, 4 * H, scale=H ** -0.5), rand(K, 3, H))
+        run = lambda xp, w, p: kernels.lstm(xp, w, p, flags)  # noqa: E731
+    elif kind == "gru":
+        args = (rand(K, T, B, 3 * H), rand(K, 3 * H, H, scale=H ** -0.5), rand(K, 3 * H))
+        run = kernels.gru
+    else:
+        args = (rand(K, T, B, 3 * H), rand(K, 2 * H, H, scale=H ** -0.5), rand(K, H, H, scale=H ** -0.5))
+        run = kernels.gru_cho
+    got, want = both(run, *args, monkeypatch=monkeypatch)
+    for name, a, b in zip(["output", *(f"grad {n}" for n in range(len(args)))], got, want):
+        assert rel_error(a, b) < 2e-5, name
+
+
+def test_nan_and_infinities_propagate_as_in_torch(monkeypatch):
+    """A diverged run must stay visible: NaN inputs give NaN outputs in the same places, and +-inf and huge
+    pre-activations saturate the gates to the values torch's sigmoid and tanh give."""
+    T, B, H = 3, 4, 8
+    xp = torch.randn(1, T, B, 4 * H)
+    xp[0, 0, 0, 5] = float("nan")
+    xp[0, 1, 1, :] = float("inf")
+    xp[0, 1, 2, :] = -float("inf")
+    xp[0, 2, 3, :] = 1e30
+    w = torch.randn(1, 4 * H, H) * 0.1
+    outs = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(native, "usable", lambda *tensors: None)
+        outs.append(kernels.lstm(xp, w, None).detach())
+    got, want = outs
+    assert torch.equal(got.isnan(), want.isnan()) and got.isnan().any()
+    finite = ~want.isnan()
+    torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("gate", ["tanh", "sigmoid"])
+def test_activations_within_a_few_ulp_over_the_float32_range(gate):
+    """The polynomial tanh and sigmoid, through one LSTM step with zero recurrent weights and saturated gates
+    (tanh: i = o = 1, f = 0, h = tanh(tanh(x)); sigmoid: g = 1, h = tanh(sigmoid(x))), over 300,003 points in
+    [-100, 100] (denser in [-2, 2] and near 0), float32, against float64: within 3 ulp relative (torch's own
+    float32 functions: about 1.2 ulp; measured here 1.5-1.6)."""
+    x = torch.cat([torch.linspace(-100, 100, 100_001), torch.linspace(-2, 2, 100_001),
+                   torch.linspace(-1e-3, 1e-3, 100_001)])
+    on, off = torch.full_like(x, 1e4), torch.full_like(x, -1e4)
+    cols = [on, off, x, on] if gate == "tanh" else [x, off, on, on]  # i, f, g, o
+    got = kernels.lstm(torch.stack(cols, dim=1).reshape(1, 1, -1, 4), torch.zeros(1, 4, 1), None).reshape(-1)
+    inner = torch.tanh(x.double()) if gate == "tanh" else torch.sigmoid(x.double())
+    want = torch.tanh(inner)
+    ulps = ((got.double() - want).abs() / want.abs().clamp_min(1e-30)) / torch.finfo(torch.float32).eps
+    assert ulps.max().item() < 3.0, f"max {ulps.max().item():.2f} ulp at x = {x[ulps.argmax()].item()}"
+
+
+# ---- the build ---------------------------------------------------------------------------------------------
+
+CHILD = textwrap.dedent("""
+    import torch
+    from rnnbench import kernels, native
+    torch.manual_seed(0)
+    xp, w = torch.randn(1, 5, 3, 8), torch.randn(1, 8, 2)
+    y = kernels.lstm(xp, w, None)
+    print("compiled" if native.ops() is not None else "python", float(y.sum()))
+""")
+
+
+def child(cache: Path, **env: str) -> subprocess.Popen:
+    full = dict(os.environ, RNNBENCH_CACHE=str(cache), **env)
+    return subprocess.Popen([sys.executable, "-c", CHILD], env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[str, str, int]:
+    out, err = proc.communicate(timeout=600)
+    return out, err, proc.returncode
+
+
+@pytest.mark.slow
+def test_first_use_builds_once_and_later_processes_load_the_cache(tmp_path):
+    out, err, rc = finish(child(tmp_path))
+    assert rc == 0 and out.startswith("compiled"), err
+    assert [line for line in err.splitlines() if line.startswith("rnnbench:")] == [
+        next(line for line in err.splitlines() if "compiling the time loops" in line)]
+    libraries = sorted(p.name for p in tmp_path.iterdir())
+    assert len(libraries) == 1 and libraries[0].endswith(".so")
+    out2, err2, rc2 = finish(child(tmp_path))
+    assert rc2 == 0 and out2 == out and "rnnbench:" not in err2  # loaded, not rebuilt; same numbers
+    assert sorted(p.name for p in tmp_path.iterdir()) == libraries
+
+
+@pytest.mark.slow
+def test_builders_at_once_and_a_builder_killed_midway_leave_one_whole_library(tmp_path):
+    """Three processes start on an empty cache at once, and a fourth is killed (SIGKILL) while its compiler
+    runs: the three load the compiled loops, and the cache holds one library and no temporary file."""
+    victim = child(tmp_path)
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".so.tmp") for p in tmp_path.glob("*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(p.name.endswith(".so.tmp") for p in tmp_path.glob("*")), "the build never started"
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    procs = [child(tmp_path) for _ in range(3)]
+    results = [finish(p) for p in procs]
+    for out, err, rc in results:
+        assert rc == 0 and out.startswith("compiled"), err
+    assert len({out for out, _, _ in results}) == 1
+    names = sorted(p.name for p in tmp_path.iterdir())
+    stale = [n for n in names if n.endswith(".so.tmp")]
+    # the killed builder's temporary file is its only leftover: never loaded, never taken for a library
+    assert [n for n in names if n.endswith(".so")] == [native.library_path("c++").name] and len(stale) <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["no compiler", "failing compiler"])
+def test_without_a_working_compiler_one_notice_and_the_python_loops(tmp_path, case):
+    if case == "no compiler":
+        env = {"CXX": "rnnbench-no-such-compiler"}
+    else:
+        broken = tmp_path / "bin" / "broken-c++"
+        broken.parent.mkdir()
+        broken.write_text("#!/bin/sh\necho 'steps.cpp:1: error: broken on purpose' >&2\nexit 1\n")
+        broken.chmod(0o755)
+        env = {"CXX": str(broken)}
+    cache = tmp_path / "cache"
+    out, err, rc = finish(child(cache, **env))
+    reference, _, _ = finish(child(tmp_path / "other", RNNBENCH_NATIVE="0"))
+    notices = [line for line in err.splitlines() if line.startswith("rnnbench:")]
+    assert rc == 0 and out.startswith("python")
+    assert float(out.split()[1]) == pytest.approx(float(reference.split()[1]), rel=1e-6)
+    if case == "no compiler":
+        assert notices == [notices[0]] and "no C++ compiler (rnnbench-no-such-compiler)" in notices[0]
+    else:
+        assert len(notices) == 2 and "the build failed" in notices[1]
+        log = Path(notices[1].split("compiler output in ")[1].split(")")[0])
+        assert "broken on purpose" in log.read_text()
+        assert not list(cache.glob("*.so"))
