@@ -6,7 +6,9 @@ One training step is ``model(x)`` on an adding-problem batch (B, T, 2), the MSE 
 gradients reset to ``None``; no optimiser. The model is rnnbench's own (``build_model``: cell encoder + linear
 head): ``step`` is ``LoopEncoder`` with every cell's whole-sequence path switched off (autograd through the
 Python step loop), ``loop`` is ``LoopEncoder`` as rnnbench trains it (the hand-written kernel of
-:mod:`rnnbench.kernels` for the classic cells) and ``fused`` is ``FusedEncoder``. The
+:mod:`rnnbench.kernels` for the classic cells, with the compiled time loops of :mod:`rnnbench.native` where the cell
+has them), ``pyloop`` the same with the kernels' Python time loops (only cells with compiled ones) and ``fused`` is
+``FusedEncoder``. The
 reference is a plain ``nn.LSTM(batch_first=True)`` with the same head.
 
 For each (hidden, length) configuration: one or two warm-up steps per implementation, then rounds. Every round
@@ -36,11 +38,13 @@ _WANT_FTZ = os.environ.get("RNNBENCH_BENCH_FTZ", "1") != "0"
 FTZ = bool(torch.set_flush_denormal(_WANT_FTZ)) and _WANT_FTZ
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
 from torch import nn  # noqa: E402
@@ -104,11 +108,41 @@ def step_flops(model: nn.Module, batch: int, input_size: int, hidden: int) -> tu
     return 3.0 * fwd, max(1, round(fwd / (2.0 * batch * (input_size + hidden))))
 
 
+@contextlib.contextmanager
+def python_loops(on: bool) -> Iterator[None]:
+    """With ``on``, the kernels run their Python time loops instead of the compiled ones (``rnnbench.native``)."""
+    from rnnbench import native
+
+    real = native.usable
+    if on:
+        native.usable = lambda *tensors: None
+    try:
+        yield
+    finally:
+        native.usable = real
+
+
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    loss = F.mse_loss(model(x), y)
-    loss.backward()
+    with python_loops(getattr(model, "bench_python_loops", False)):
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
     for p in model.parameters():
         p.grad = None
+
+
+def uses_compiled_loops(model: nn.Module) -> bool:
+    """Whether a forward pass of ``model`` reaches the compiled time loops."""
+    from rnnbench import native
+
+    calls = []
+    real = native.usable
+    native.usable = lambda *tensors: calls.append(1) or real(*tensors)
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, 3, INPUT))
+    finally:
+        native.usable = real
+    return bool(calls) and native.ops() is not None
 
 
 def trained_on(spec, path: str) -> bool:
@@ -141,6 +175,10 @@ def build_impls(cells: list[str], paths: list[str], hidden: int) -> list[Impl]:
                 continue
             torch.manual_seed(0)
             model = build_model(spec, kwargs, task, hidden, fused=path == "fused")
+            if path == "pyloop":  # the loop path with the kernels' Python time loops, where it has compiled ones
+                if not uses_compiled_loops(model):
+                    continue
+                model.bench_python_loops = True
             if path == "step":  # no whole-sequence path: autograd through the Python step loop
                 first = model.encoder.cells()[0]
                 if first.forward_sequence(torch.zeros(1, 2, first.input_size)) is None:
@@ -411,14 +449,16 @@ def before_after(configs: list[dict]) -> tuple[list[str], list[list]]:
         row: list = [cell]
         for h, t in keys:
             before = ratio.get((cell, "step", h, t))
+            python = ratio.get((cell, "pyloop", h, t))
             after = ratio.get((cell, "trained", h, t))
             flag = "" if after is None or after <= GOAL else " !"
+            middle = "" if python is None else f"{python:.2f} -> "
             if after is None:
                 row.append("-")
             elif before is None:  # no whole-sequence path here: the step loop is what trains
                 row.append(f"{after:.2f} (step loop){flag}")
             else:
-                row.append(f"{before:.2f} -> {after:.2f}{flag}")
+                row.append(f"{before:.2f} -> {middle}{after:.2f}{flag}")
         rows.append(row)
     return ["cell", *(f"h{h} T{t}" for h, t in keys)], rows
 
@@ -434,9 +474,11 @@ def cells_markdown(payload: dict) -> str:
     if rows:
         out.append("\n## Before and after: training step time as a multiple of nn.LSTM's\n\n"
                    "Paired ratio (median over rounds of the ratio within a round). Before: autograd through the "
-                   "Python step loop (`step`); after: the path rnnbench trains on on the CPU (`fused`: torch's module "
-                   "where the cell declares one, except gru; else `loop`: the cell's whole-sequence path, the "
-                   f"hand-written kernel for the classic cells). `!`: above {GOAL}x.\n\n")
+                   "Python step loop (`step`); in the middle, where measured: the hand-written kernel with its "
+                   "Python time loop (`pyloop`); after: the path rnnbench trains on on the CPU (`fused`: torch's "
+                   "module where the cell declares one, except gru; else `loop`: the cell's whole-sequence path, "
+                   "the hand-written kernel for the classic cells, with the compiled time loops of "
+                   f"`rnnbench.native` for the LSTM family and the GRUs). `!`: above {GOAL}x.\n\n")
         out.append(md_table(header, rows))
     for c in payload["configs"]:
         out.append(f"\n## hidden {c['hidden']}, length {c['length']}\n\n")
@@ -528,7 +570,8 @@ def run_ftz(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", nargs="*", help="cell names (default: every registered cell)")
-    parser.add_argument("--paths", nargs="+", default=["step", "loop", "fused"], choices=["step", "loop", "fused"],
+    parser.add_argument("--paths", nargs="+", default=["step", "pyloop", "loop", "fused"],
+                        choices=["step", "pyloop", "loop", "fused"],
                         help="step: autograd through the Python step loop; loop: LoopEncoder as rnnbench trains "
                              "it (the cell's whole-sequence path, e.g. the hand-written kernel, where it has one); "
                              "fused: torch's nn.LSTM/nn.GRU/nn.RNN for cells that declare it")

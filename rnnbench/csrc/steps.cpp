@@ -64,64 +64,21 @@ RNNBENCH_INLINE float tanh_(float x) {
 }
 RNNBENCH_INLINE double tanh_(double x) { return std::tanh(x); }
 
-template <typename T>
-RNNBENCH_INLINE T act_(int64_t code, T x) {
-  switch (code) {
-    case TANH: return tanh_(x);
-    case SIGMOID: return sigmoid_(x);
-    case RELU: return x > T(0) ? x : T(0);
-    default: return x;
-  }
+template <typename T, int64_t A>
+RNNBENCH_INLINE T act(T x) {
+  if constexpr (A == TANH) return tanh_(x);
+  else if constexpr (A == SIGMOID) return sigmoid_(x);
+  else if constexpr (A == RELU) return x > T(0) ? x : T(0);
+  else return x;
 }
 
-// ---- elementwise passes over one row of n elements ----------------------------------------------------------
-// out = act(a + w * c): a gate from its pre-activation with a peephole (w, c may be the zero row).
-template <typename T>
-RNNBENCH_INLINE void gate_(int64_t code, T* __restrict out, const T* __restrict a, const T* __restrict w,
-                           const T* __restrict c, int64_t n) {
-  switch (code) {
-    case TANH:
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) out[j] = tanh_(a[j] + w[j] * c[j]);
-      break;
-    case SIGMOID:
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) out[j] = sigmoid_(a[j] + w[j] * c[j]);
-      break;
-    case RELU:
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        T v = a[j] + w[j] * c[j];
-        out[j] = v > T(0) ? v : T(0);
-      }
-      break;
-    default:
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) out[j] = a[j] + w[j] * c[j];
-  }
-}
-
-// out = g * act'(y) for y = act(pre), from the output y.
-template <typename T>
-RNNBENCH_INLINE void act_backward_(int64_t code, T* __restrict out, const T* __restrict g, const T* __restrict y,
-                                   int64_t n) {
-  switch (code) {
-    case TANH:
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) out[j] = g[j] * (T(1) - y[j] * y[j]);
-      break;
-    case SIGMOID:
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) out[j] = g[j] * ((T(1) - y[j]) * y[j]);
-      break;
-    case RELU:
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) out[j] = y[j] > T(0) ? g[j] : T(0);
-      break;
-    default:
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) out[j] = g[j];
-  }
+// d pre from d out for out = act(pre), written with the output y.
+template <typename T, int64_t A>
+RNNBENCH_INLINE T act_grad(T grad, T y) {
+  if constexpr (A == TANH) return grad * (T(1) - y * y);
+  else if constexpr (A == SIGMOID) return grad * ((T(1) - y) * y);
+  else if constexpr (A == RELU) return y > T(0) ? grad : T(0);
+  else return grad;
 }
 
 // ---- LSTM family ---------------------------------------------------------------------------------------------
@@ -143,201 +100,195 @@ struct LSTMShape {
   }
 };
 
+// One row of one step, every element in one vectorised pass. A variant's missing parts read constant rows and
+// write scratch rows, so one loop serves every flag combination: a missing gate reads the pre-activation `big`
+// (its sigmoid is exactly 1; its gradient (1 - 1) * 1 is exactly 0), a missing peephole the zero row, and a
+// missing gate's outputs and gradients go to scratch rows that nothing reads. (With a missing peephole, an
+// infinite cell state makes that gate NaN here where the Python loop leaves it finite: the run has diverged
+// either way.) Templates: phi_in, phi_out and coupled gates, the parts that change the arithmetic.
 template <typename T>
 struct LSTMForwardRow {
-  const LSTMShape& s;
-  const T* peep;  // (K, P, H) or null
-  const T* zero;  // H zeros
-  const T* one;   // H ones
-  RNNBENCH_INLINE void operator()(const T* __restrict p, T* __restrict a, const T* __restrict cp, T* __restrict cn,
-                                  T* __restrict y, T* __restrict zrow, T* __restrict scratch, int64_t k) const {
-    const int64_t H = s.H;
-    auto w = [&](int64_t row) { return row < 0 ? zero : peep + (k * s.P + row) * H; };
-    const T* ai = one;
-    const T* af = one;
-    if (s.oi >= 0) { gate_<T>(SIGMOID, a + s.oi, p + s.oi, w(s.pi), cp, H); ai = a + s.oi; }
-    if (s.of >= 0) { gate_<T>(SIGMOID, a + s.of, p + s.of, w(s.pf), cp, H); af = a + s.of; }
-    T* g = a + s.og;
-    gate_<T>(s.phi_in, g, p + s.og, zero, zero, H);
-    if (s.coupled) {
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) cn[j] = cp[j] + ai[j] * (g[j] - cp[j]);
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) cn[j] = af[j] * cp[j] + ai[j] * g[j];
-    }
-    const T* yo = cn;
-    if (s.phi_out != IDENTITY) { gate_<T>(s.phi_out, y, cn, zero, zero, H); yo = y; }
-    if (s.oo >= 0) {
-      T* ao = a + s.oo;
-      gate_<T>(SIGMOID, ao, p + s.oo, w(s.po), cn, H);
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) zrow[j] = ao[j] * yo[j];
-    } else {
-      std::memcpy(zrow, yo, H * sizeof(T));
-    }
-    for (size_t n = 0; n < s.rec.size(); ++n) std::memcpy(zrow + H + n * H, a + s.rec[n], H * sizeof(T));
-    (void)scratch;
-  }
+  const T *pi, *pf, *pg, *po;  // pre-activations
+  const T *wi, *wf, *wo;       // peepholes
+  const T* cp;                 // c_{t-1}
+  T *ai, *af, *g, *ao, *c, *y, *h;
 };
+
+template <typename T, int64_t PhiIn, int64_t PhiOut, bool Coupled>
+RNNBENCH_INLINE void lstm_forward_row(const LSTMForwardRow<T>& r, int64_t H) {
+  const T *pi = r.pi, *pf = r.pf, *pg = r.pg, *po = r.po;  // may be the outputs below (in place, same index)
+  const T *__restrict wi = r.wi, *__restrict wf = r.wf, *__restrict wo = r.wo, *__restrict cp = r.cp;
+  T *ai_out = r.ai, *af_out = r.af, *g_out = r.g, *ao_out = r.ao;
+  T *__restrict c_out = r.c, *__restrict y_out = r.y, *__restrict h_out = r.h;
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T c0 = cp[j];
+    const T ai = sigmoid_(pi[j] + wi[j] * c0);
+    const T af = Coupled ? T(1) - ai : sigmoid_(pf[j] + wf[j] * c0);
+    const T g = act<T, PhiIn>(pg[j]);
+    const T c = Coupled ? c0 + ai * (g - c0) : af * c0 + ai * g;
+    const T y = act<T, PhiOut>(c);
+    const T ao = sigmoid_(po[j] + wo[j] * c);
+    ai_out[j] = ai; af_out[j] = af; g_out[j] = g; ao_out[j] = ao;
+    c_out[j] = c; y_out[j] = y; h_out[j] = ao * y;
+  }
+}
 
 template <typename T>
 struct LSTMBackwardRow {
-  const LSTMShape& s;
-  const T* peep;
-  const T* zero;
-  const T* one;
-  T* dpeep;  // (K, P, H): the peephole gradients, summed over steps and batch here; null without peepholes
-  // dh_in: d h_t from the output; dz: d (recurrent input) from the step after (K, B, Z) row; dc: carried d c;
-  // cp, c: the cell state before and after the step.
-  RNNBENCH_INLINE void operator()(const T* __restrict dh_in, const T* __restrict dz, T* __restrict dc,
-                                  const T* __restrict a, const T* __restrict cp, const T* __restrict c,
-                                  const T* __restrict y, T* __restrict d, T* __restrict scratch, int64_t k) const {
-    const int64_t H = s.H;
-    auto w = [&](int64_t row) { return row < 0 ? zero : peep + (k * s.P + row) * H; };
-    auto dz_gate = [&](int64_t off) {  // the gate's recurrent column block in dz (FGR), else zeros
-      if (!s.fgr) return zero;
-      for (size_t n = 0; n < s.rec.size(); ++n)
-        if (s.rec[n] == off) return dz + H + static_cast<int64_t>(n) * H;
-      return zero;
-    };
-    T* dh = scratch;
-    T* dy = scratch + H;
-    T* tmp = scratch + 2 * H;
-#pragma omp simd
-    for (int64_t j = 0; j < H; ++j) dh[j] = dh_in[j] + dz[j];
-    const T* dpo = zero;
-    if (s.oo >= 0) {
-      const T* ao = a + s.oo;
-      const T* dzo = dz_gate(s.oo);
-      T* out = d + s.oo;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        T v = dh[j] * y[j] + dzo[j];
-        out[j] = v * ((T(1) - ao[j]) * ao[j]);
-        dy[j] = dh[j] * ao[j];
-      }
-      dpo = out;
-    } else {
-      std::memcpy(dy, dh, H * sizeof(T));
-    }
-    act_backward_<T>(s.phi_out, tmp, dy, y, H);
-    const T* wo = w(s.po);
-#pragma omp simd
-    for (int64_t j = 0; j < H; ++j) dc[j] = dc[j] + tmp[j] + dpo[j] * wo[j];
-    const T* g = a + s.og;
-    const T* ai = one;
-    const T* dpi = zero;
-    const T* dpf = zero;
-    if (s.oi >= 0) {
-      ai = a + s.oi;
-      const T* dzi = dz_gate(s.oi);
-      T* out = d + s.oi;
-      if (s.coupled) {
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) out[j] = (dc[j] * (g[j] - cp[j]) + dzi[j]) * ((T(1) - ai[j]) * ai[j]);
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) out[j] = (dc[j] * g[j] + dzi[j]) * ((T(1) - ai[j]) * ai[j]);
-      }
-      dpi = out;
-    }
-    const T* af = one;
-    if (s.of >= 0) {
-      af = a + s.of;
-      const T* dzf = dz_gate(s.of);
-      T* out = d + s.of;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) out[j] = (dc[j] * cp[j] + dzf[j]) * ((T(1) - af[j]) * af[j]);
-      dpf = out;
-    }
-#pragma omp simd
-    for (int64_t j = 0; j < H; ++j) tmp[j] = dc[j] * ai[j];
-    act_backward_<T>(s.phi_in, d + s.og, tmp, g, H);
-    const T* wi = w(s.pi);
-    const T* wf = w(s.pf);
-    if (s.coupled) {
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) dc[j] = dc[j] - dc[j] * ai[j] + dpi[j] * wi[j] + dpf[j] * wf[j];
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) dc[j] = dc[j] * af[j] + dpi[j] * wi[j] + dpf[j] * wf[j];
-    }
-    if (dpeep == nullptr) return;
-    const std::pair<int64_t, std::pair<const T*, const T*>> terms[] = {{s.pi, {dpi, cp}}, {s.pf, {dpf, cp}},
-                                                                       {s.po, {dpo, c}}};
-    for (const auto& [row, term] : terms) {
-      if (row < 0) continue;
-      T* __restrict acc = dpeep + (k * s.P + row) * H;
-      const T* __restrict dg = term.first;
-      const T* __restrict state = term.second;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) acc[j] += dg[j] * state[j];
-    }
-  }
+  const T *dh, *dzh, *dzi, *dzf, *dzo;  // d h_t from the output; d of the recurrent input from the step after
+  const T *ai, *af, *g, *ao, *cp, *c, *y;
+  const T *wi, *wf, *wo;
+  T* dc;                               // carried d c
+  T *dpi, *dpf, *dpg, *dpo;            // d pre-activations
+  T *acc_i, *acc_f, *acc_o;            // peephole gradients, summed over steps and batch
 };
 
-// Rows [begin, end) of one step; instantiated once per (float, double) and, for float, per CPU target.
+template <typename T, int64_t PhiIn, int64_t PhiOut, bool Coupled>
+RNNBENCH_INLINE void lstm_backward_row(const LSTMBackwardRow<T>& r, int64_t H) {
+  const T *__restrict dh_in = r.dh, *__restrict dzh = r.dzh, *__restrict dzi = r.dzi, *__restrict dzf = r.dzf;
+  const T *__restrict dzo = r.dzo, *__restrict ai_ = r.ai, *__restrict af_ = r.af, *__restrict g_ = r.g;
+  const T *__restrict ao_ = r.ao, *__restrict cp = r.cp, *__restrict c_ = r.c, *__restrict y_ = r.y;
+  const T *__restrict wi = r.wi, *__restrict wf = r.wf, *__restrict wo = r.wo;
+  T *__restrict dc = r.dc, *__restrict dpi_out = r.dpi, *__restrict dpf_out = r.dpf, *__restrict dpg_out = r.dpg;
+  T *__restrict dpo_out = r.dpo, *__restrict acc_i = r.acc_i, *__restrict acc_f = r.acc_f, *__restrict acc_o = r.acc_o;
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T dh = dh_in[j] + dzh[j];
+    const T ao = ao_[j], y = y_[j], ai = ai_[j], af = af_[j], g = g_[j], c0 = cp[j];
+    const T dpo = (dh * y + dzo[j]) * ((T(1) - ao) * ao);
+    const T dct = dc[j] + act_grad<T, PhiOut>(dh * ao, y) + dpo * wo[j];
+    const T dpi = ((Coupled ? dct * (g - c0) : dct * g) + dzi[j]) * ((T(1) - ai) * ai);
+    const T dpf = (dct * c0 + dzf[j]) * ((T(1) - af) * af);
+    dpg_out[j] = act_grad<T, PhiIn>(dct * ai, g);
+    dc[j] = (Coupled ? dct - dct * ai : dct * af) + dpi * wi[j] + dpf * wf[j];
+    dpi_out[j] = dpi; dpf_out[j] = dpf; dpo_out[j] = dpo;
+    acc_i[j] += dpi * c0; acc_f[j] += dpf * c0; acc_o[j] += dpo * c_[j];
+  }
+}
+
+// The rows of one step: pointers per row, then the loop chosen by (phi_in, phi_out, coupled). No lambda wraps
+// the loop, so that it is compiled inside each CPU target's clone.
+template <typename T, template <typename, int64_t, int64_t, bool> class Body, int64_t PI, int64_t PO, bool C,
+          typename MakeRow>
+RNNBENCH_INLINE void run_rows(int64_t rows, int64_t H, const MakeRow& make_row) {
+  for (int64_t r = 0; r < rows; ++r) Body<T, PI, PO, C>::run(make_row(r), H);
+}
+
+template <typename T, template <typename, int64_t, int64_t, bool> class Body, typename MakeRow>
+RNNBENCH_INLINE void lstm_rows(const LSTMShape& s, const MakeRow& make_row) {
+  const int64_t rows = s.K * s.B;
+#define RNNBENCH_LSTM_CASE(PI, PO)                                                  \
+  if (s.phi_in == PI && s.phi_out == PO) {                                          \
+    if (s.coupled) run_rows<T, Body, PI, PO, true>(rows, s.H, make_row);            \
+    else run_rows<T, Body, PI, PO, false>(rows, s.H, make_row);                     \
+    return;                                                                         \
+  }
+#define RNNBENCH_LSTM_OUT(PI) \
+  RNNBENCH_LSTM_CASE(PI, TANH) RNNBENCH_LSTM_CASE(PI, SIGMOID) RNNBENCH_LSTM_CASE(PI, IDENTITY) RNNBENCH_LSTM_CASE(PI, RELU)
+  RNNBENCH_LSTM_OUT(TANH) RNNBENCH_LSTM_OUT(SIGMOID) RNNBENCH_LSTM_OUT(IDENTITY) RNNBENCH_LSTM_OUT(RELU)
+#undef RNNBENCH_LSTM_OUT
+#undef RNNBENCH_LSTM_CASE
+  TORCH_CHECK(false, "rnnbench lstm: unknown activation codes ", s.phi_in, ", ", s.phi_out);
+}
+
+template <typename T, int64_t PI, int64_t PO, bool C>
+struct ForwardBody {
+  static RNNBENCH_INLINE void run(const LSTMForwardRow<T>& r, int64_t H) { lstm_forward_row<T, PI, PO, C>(r, H); }
+};
+template <typename T, int64_t PI, int64_t PO, bool C>
+struct BackwardBody {
+  static RNNBENCH_INLINE void run(const LSTMBackwardRow<T>& r, int64_t H) { lstm_backward_row<T, PI, PO, C>(r, H); }
+};
+
+// Constant and scratch rows of one call: zero, one, big (a missing gate's pre-activation), and sinks.
 template <typename T>
-RNNBENCH_INLINE void lstm_forward_rows(const LSTMShape& s, const T* peep, const T* zero, const T* one, const T* pre, T* acts,
-                       const T* cprev, T* cs, T* ys, T* zs, int64_t t, int64_t begin, int64_t end) {
-  LSTMForwardRow<T> row{s, peep, zero, one};
-  for (int64_t r = begin; r < end; ++r) {
+struct LSTMConstants {
+  std::vector<T> zero, one, big, sink;
+  explicit LSTMConstants(int64_t width, int64_t H)
+      : zero(width, T(0)), one(H, T(1)), big(H, T(1e30)), sink(6 * H, T(0)) {}
+  T* sink_row(int64_t n) { return sink.data() + n * static_cast<int64_t>(one.size()); }
+};
+
+template <typename T>
+RNNBENCH_INLINE void lstm_forward_step(const LSTMShape& s, const T* peep, LSTMConstants<T>& k0, T* acts,
+                                       const T* cprev, T* cs, T* ys, T* zs, int64_t t) {
+  const int64_t H = s.H;
+  lstm_rows<T, ForwardBody>(s, [&](int64_t r) {
     const int64_t k = r / s.B, b = r % s.B, at = (k * s.T + t) * s.B + b;
-    const T* cp = cprev ? cprev + ((k * s.T) * s.B + b) * s.H : zero;  // cprev: cs at the previous step
-    row(pre + r * s.G, acts + at * s.G, cp, cs + at * s.H, ys + at * s.H, zs + at * s.Z, nullptr, k);
+    T* a = acts + at * s.G;  // the pre-activations in, the gates out (in place, element by element)
+    const T* p = a;
+    auto w = [&](int64_t row) { return row < 0 ? k0.zero.data() : peep + (k * s.P + row) * H; };
+    auto in = [&](int64_t off) { return off < 0 ? k0.big.data() : p + off; };
+    auto out = [&](int64_t off, int64_t n) { return off < 0 ? k0.sink_row(n) : a + off; };
+    T* c = cs + at * H;
+    return LSTMForwardRow<T>{in(s.oi), in(s.of), p + s.og, in(s.oo), w(s.pi), w(s.pf), w(s.po),
+                             cprev ? cprev + (k * s.T * s.B + b) * H : k0.zero.data(),
+                             out(s.oi, 0), out(s.of, 1), a + s.og, out(s.oo, 2), c,
+                             s.phi_out == IDENTITY ? k0.sink_row(3) : ys + at * H, zs + at * s.Z};
+  });
+  if (s.rec.empty()) return;
+  for (int64_t r = 0; r < s.K * s.B; ++r) {  // the gates of this step into the next step's recurrent input
+    const int64_t at = ((r / s.B) * s.T + t) * s.B + r % s.B;
+    for (size_t n = 0; n < s.rec.size(); ++n)
+      std::memcpy(zs + at * s.Z + H + static_cast<int64_t>(n) * H, acts + at * s.G + s.rec[n], H * sizeof(T));
   }
 }
 
 template <typename T>
-RNNBENCH_INLINE void lstm_backward_rows(const LSTMShape& s, const T* peep, T* dpeep, const T* zero, const T* one,
+RNNBENCH_INLINE void lstm_backward_step(const LSTMShape& s, const T* peep, T* dpeep, LSTMConstants<T>& k0,
                                         const T* dhs, const T* dz, T* dc, const T* acts, const T* cprev,
-                                        const T* cs, const T* ys, T* dpre, int64_t t, int64_t begin, int64_t end) {
-  LSTMBackwardRow<T> row{s, peep, zero, one, dpeep};
-  std::vector<T> scratch(3 * s.H);
-  for (int64_t r = begin; r < end; ++r) {
+                                        const T* cs, const T* ys, T* dpre, int64_t t) {
+  const int64_t H = s.H;
+  lstm_rows<T, BackwardBody>(s, [&](int64_t r) {
     const int64_t k = r / s.B, b = r % s.B, at = (k * s.T + t) * s.B + b;
-    const T* cp = cprev ? cprev + ((k * s.T) * s.B + b) * s.H : zero;
-    row(dhs + at * s.H, dz + r * s.Z, dc + r * s.H, acts + at * s.G, cp, cs + at * s.H, ys + at * s.H,
-        dpre + at * s.G, scratch.data(), k);
-  }
+    const T* a = acts + at * s.G;
+    T* d = dpre + at * s.G;
+    const T* dzr = dz + r * s.Z;
+    auto w = [&](int64_t row) { return row < 0 ? k0.zero.data() : peep + (k * s.P + row) * H; };
+    auto gate = [&](int64_t off) { return off < 0 ? k0.one.data() : a + off; };
+    auto dgate = [&](int64_t off, int64_t n) { return off < 0 ? k0.sink_row(n) : d + off; };
+    auto acc = [&](int64_t row, int64_t n) { return row < 0 ? k0.sink_row(n) : dpeep + (k * s.P + row) * H; };
+    auto dz_gate = [&](int64_t off) {  // the gate's column block of the recurrent input (FGR), else zeros
+      for (size_t n = 0; n < s.rec.size(); ++n)
+        if (off >= 0 && s.rec[n] == off) return dzr + H + static_cast<int64_t>(n) * H;
+      return static_cast<const T*>(k0.zero.data());
+    };
+    const T* c = cs + at * H;
+    return LSTMBackwardRow<T>{dhs + at * H, dzr, dz_gate(s.oi), dz_gate(s.of), dz_gate(s.oo),
+                              gate(s.oi), gate(s.of), a + s.og, gate(s.oo),
+                              cprev ? cprev + (k * s.T * s.B + b) * H : k0.zero.data(), c,
+                              s.phi_out == IDENTITY ? c : ys + at * H, w(s.pi), w(s.pf), w(s.po), dc + r * H,
+                              dgate(s.oi, 0), dgate(s.of, 1), d + s.og, dgate(s.oo, 2),
+                              acc(s.pi, 3), acc(s.pf, 4), acc(s.po, 5)};
+  });
 }
 
-RNNBENCH_CLONES void lstm_forward_rows_f(const LSTMShape& s, const float* peep, const float* zero, const float* one,
-                                         const float* pre, float* acts, const float* cprev, float* cs, float* ys,
-                                         float* zs, int64_t t, int64_t begin, int64_t end) {
-  lstm_forward_rows<float>(s, peep, zero, one, pre, acts, cprev, cs, ys, zs, t, begin, end);
+#define RNNBENCH_LSTM_FORWARD_ARGS(T) \
+  (const LSTMShape& s, const T* peep, LSTMConstants<T>& k0, T* acts, const T* cprev, T* cs, T* ys, T* zs, int64_t t)
+#define RNNBENCH_LSTM_BACKWARD_ARGS(T) \
+  (const LSTMShape& s, const T* peep, T* dpeep, LSTMConstants<T>& k0, const T* dhs, const T* dz, T* dc, \
+   const T* acts, const T* cprev, const T* cs, const T* ys, T* dpre, int64_t t)
+RNNBENCH_CLONES void lstm_forward_step_f RNNBENCH_LSTM_FORWARD_ARGS(float) {
+  lstm_forward_step<float>(s, peep, k0, acts, cprev, cs, ys, zs, t);
 }
-RNNBENCH_CLONES void lstm_backward_rows_f(const LSTMShape& s, const float* peep, float* dpeep, const float* zero,
-                                          const float* one, const float* dhs, const float* dz, float* dc,
-                                          const float* acts, const float* cprev, const float* cs, const float* ys,
-                                          float* dpre, int64_t t, int64_t begin, int64_t end) {
-  lstm_backward_rows<float>(s, peep, dpeep, zero, one, dhs, dz, dc, acts, cprev, cs, ys, dpre, t, begin, end);
+RNNBENCH_CLONES void lstm_backward_step_f RNNBENCH_LSTM_BACKWARD_ARGS(float) {
+  lstm_backward_step<float>(s, peep, dpeep, k0, dhs, dz, dc, acts, cprev, cs, ys, dpre, t);
 }
-void lstm_forward_rows_any(const LSTMShape& s, const double* peep, const double* zero, const double* one,
-                           const double* pre, double* acts, const double* cprev, double* cs, double* ys, double* zs,
-                           int64_t t, int64_t begin, int64_t end) {
-  lstm_forward_rows<double>(s, peep, zero, one, pre, acts, cprev, cs, ys, zs, t, begin, end);
+void lstm_forward_step_any RNNBENCH_LSTM_FORWARD_ARGS(float) {
+  lstm_forward_step_f(s, peep, k0, acts, cprev, cs, ys, zs, t);
 }
-void lstm_forward_rows_any(const LSTMShape& s, const float* peep, const float* zero, const float* one,
-                           const float* pre, float* acts, const float* cprev, float* cs, float* ys, float* zs,
-                           int64_t t, int64_t begin, int64_t end) {
-  lstm_forward_rows_f(s, peep, zero, one, pre, acts, cprev, cs, ys, zs, t, begin, end);
+void lstm_forward_step_any RNNBENCH_LSTM_FORWARD_ARGS(double) {
+  lstm_forward_step<double>(s, peep, k0, acts, cprev, cs, ys, zs, t);
 }
-void lstm_backward_rows_any(const LSTMShape& s, const double* peep, double* dpeep, const double* zero,
-                            const double* one, const double* dhs, const double* dz, double* dc, const double* acts,
-                            const double* cprev, const double* cs, const double* ys, double* dpre, int64_t t,
-                            int64_t begin, int64_t end) {
-  lstm_backward_rows<double>(s, peep, dpeep, zero, one, dhs, dz, dc, acts, cprev, cs, ys, dpre, t, begin, end);
+void lstm_backward_step_any RNNBENCH_LSTM_BACKWARD_ARGS(float) {
+  lstm_backward_step_f(s, peep, dpeep, k0, dhs, dz, dc, acts, cprev, cs, ys, dpre, t);
 }
-void lstm_backward_rows_any(const LSTMShape& s, const float* peep, float* dpeep, const float* zero,
-                            const float* one, const float* dhs, const float* dz, float* dc, const float* acts,
-                            const float* cprev, const float* cs, const float* ys, float* dpre, int64_t t,
-                            int64_t begin, int64_t end) {
-  lstm_backward_rows_f(s, peep, dpeep, zero, one, dhs, dz, dc, acts, cprev, cs, ys, dpre, t, begin, end);
+void lstm_backward_step_any RNNBENCH_LSTM_BACKWARD_ARGS(double) {
+  lstm_backward_step<double>(s, peep, dpeep, k0, dhs, dz, dc, acts, cprev, cs, ys, dpre, t);
 }
 
-// out = self + a @ b (self undefined: 0), batched over K. One weight set (K = 1) in float32 with a large weight
+// out = self + a @ b (self undefined: 0; self the same tensor as out: in place), batched over K. One weight set (K = 1) in float32 with a large weight
 // goes through oneDNN's matmul, the library nn.LSTM uses on the CPU (measured 1.3x MKL's sgemm at hidden 256-512
 // on an AMD EPYC, the same at 128, slower below); it is looked up at run time because torch does not declare it in
 // its headers, and without it (another torch build) every GEMM stays with ATen's bmm.
@@ -355,11 +306,13 @@ void gemm_out(Tensor& out, const Tensor& self, const Tensor& a, const Tensor& b)
   if (out.scalar_type() == at::kFloat && out.size(0) == 1 && b.size(1) * b.size(2) >= kOneDnnMinWeight &&
       onednn_matmul() != nullptr) {
     Tensor o = out.select(0, 0);
-    if (self.defined()) o.copy_(self.select(0, 0));
+    if (self.defined() && !self.is_same(out)) o.copy_(self.select(0, 0));
     onednn_matmul()(a.select(0, 0), b.select(0, 0), o, self.defined() ? 1.0f : 0.0f, 1.0f);
     return;
   }
-  if (self.defined()) {
+  if (self.defined() && self.is_same(out)) {
+    out.baddbmm_(a, b);
+  } else if (self.defined()) {
     at::baddbmm_out(out, self, a, b);
   } else {
     at::bmm_out(out, a, b);
@@ -379,19 +332,20 @@ std::vector<Tensor> lstm_forward(const Tensor& xp, const Tensor& wrec, const std
   auto opt = xp.options();
   Tensor zs = at::empty({s.K, s.T, s.B, s.Z}, opt), cs = at::empty({s.K, s.T, s.B, s.H}, opt);
   Tensor ys = s.phi_out == IDENTITY ? cs : at::empty({s.K, s.T, s.B, s.H}, opt);
-  Tensor acts = at::empty({s.K, s.T, s.B, s.G}, opt), pre = at::empty({s.K, s.B, s.G}, opt);
+  Tensor acts = xp.clone(at::MemoryFormat::Contiguous);  // each step's pre-activations, then its gates in place
   Tensor z = at::zeros({s.K, s.B, s.Z}, opt), wrec_t = wrec.transpose(1, 2).contiguous();
   Tensor peep_c = peep.has_value() ? peep->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnbench_lstm_forward", [&] {
-    std::vector<scalar_t> zero(s.H, scalar_t(0)), one(s.H, scalar_t(1));
+    LSTMConstants<scalar_t> k0(s.H, s.H);
     const scalar_t* pp = peep_c.defined() ? peep_c.data_ptr<scalar_t>() : nullptr;
     scalar_t *a = acts.data_ptr<scalar_t>(), *c = cs.data_ptr<scalar_t>(), *y = ys.data_ptr<scalar_t>();
-    scalar_t *zp = zs.data_ptr<scalar_t>(), *pr = pre.data_ptr<scalar_t>();
+    scalar_t* zp = zs.data_ptr<scalar_t>();
     for (int64_t n = 0; n < s.T; ++n) {
       const int64_t t = reverse ? s.T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
-      gemm_out(pre, xp.select(1, t), z, wrec_t);
+      Tensor at_t = acts.select(1, t);
+      gemm_out(at_t, at_t, z, wrec_t);
       const scalar_t* cprev = n == 0 ? nullptr : c + prev * s.B * s.H;
-      lstm_forward_rows_any(s, pp, zero.data(), one.data(), pr, a, cprev, c, y, zp, t, 0, s.K * s.B);
+      lstm_forward_step_any(s, pp, k0, a, cprev, c, y, zp, t);
       z = zs.select(1, t);
     }
   });
@@ -412,7 +366,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dhs, const Tensor& zs, const Ten
   Tensor peep_c = peep.has_value() ? peep->contiguous() : Tensor();
   Tensor dpeep = at::zeros({s.K, s.P, s.H}, opt);
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "rnnbench_lstm_backward", [&] {
-    std::vector<scalar_t> zero(s.Z, scalar_t(0)), one(s.H, scalar_t(1));
+    LSTMConstants<scalar_t> k0(s.Z, s.H);
     const scalar_t* pp = peep_c.defined() ? peep_c.data_ptr<scalar_t>() : nullptr;
     const scalar_t *a = acts.data_ptr<scalar_t>(), *c = cs.data_ptr<scalar_t>(), *y = ys.data_ptr<scalar_t>();
     const scalar_t* dh = dh_c.data_ptr<scalar_t>();
@@ -421,8 +375,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dhs, const Tensor& zs, const Ten
     for (int64_t n = s.T - 1; n >= 0; --n) {
       const int64_t t = reverse ? s.T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
       const scalar_t* cprev = n == 0 ? nullptr : c + prev * s.B * s.H;
-      lstm_backward_rows_any(s, pp, dpp, zero.data(), one.data(), dh, dzp, dcp, a, cprev, c, y, d, t, 0,
-                             s.K * s.B);
+      lstm_backward_step_any(s, pp, dpp, k0, dh, dzp, dcp, a, cprev, c, y, d, t);
       if (n > 0) gemm_out(dz, Tensor(), dpre.select(1, t), wrec);
     }
   });
@@ -523,7 +476,7 @@ std::vector<Tensor> gru_forward(const Tensor& xp, const Tensor& whh, const Tenso
   const int64_t K = xp.size(0), T = xp.size(1), B = xp.size(2), G = xp.size(3), H = G / 3;
   auto opt = xp.options();
   Tensor hs = at::empty({K, T, B, H}, opt), rzs = at::empty({K, T, B, 2 * H}, opt);
-  Tensor ns = at::empty({K, T, B, H}, opt), ghs = at::empty({K, T, B, G}, opt), gh = at::empty({K, B, G}, opt);
+  Tensor ns = at::empty({K, T, B, H}, opt), ghs = at::empty({K, T, B, G}, opt);
   Tensor h = at::zeros({K, B, H}, opt), whh_t = whh.transpose(1, 2).contiguous(), bias = bhh.unsqueeze(1);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnbench_gru_forward", [&] {
     std::vector<scalar_t> zero(H, scalar_t(0));
@@ -532,8 +485,8 @@ std::vector<Tensor> gru_forward(const Tensor& xp, const Tensor& whh, const Tenso
     scalar_t* hp = hs.data_ptr<scalar_t>();
     for (int64_t n = 0; n < T; ++n) {
       const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
-      gemm_out(gh, bias, h, whh_t);
-      ghs.select(1, t).copy_(gh);
+      Tensor gh_t = ghs.select(1, t);
+      gemm_out(gh_t, bias, h, whh_t);
       const scalar_t* hprev = n == 0 ? nullptr : hp + prev * B * H;
       gru_forward_rows_any(T, B, H, x, g, hprev, rz, np, hp, zero.data(), t, 0, K * B);
       h = hs.select(1, t);
