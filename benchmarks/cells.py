@@ -146,10 +146,10 @@ def uses_compiled_loops(model: nn.Module) -> bool:
 
 
 def trained_on(spec, path: str) -> bool:
-    """Whether rnnbench trains ``spec`` on ``path`` (step, loop or fused) on the CPU."""
+    """Whether rnnbench trains ``spec`` on ``path`` (step, pyloop, loop or fused) on the CPU."""
     from rnnbench.model import uses_fused
 
-    return path != "step" and (path == "fused") == uses_fused(spec, True, "cpu")
+    return path in ("loop", "fused") and (path == "fused") == uses_fused(spec, True, "cpu")
 
 
 def _no_sequence(x: torch.Tensor) -> None:

@@ -6,6 +6,9 @@ compiler or when the build fails."""
 from __future__ import annotations
 
 import os
+import platform
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,9 +176,10 @@ def test_without_a_working_compiler_one_notice_and_the_python_loops(tmp_path, ca
         env = {"CXX": str(broken)}
     cache = tmp_path / "cache"
     out, err, rc = finish(child(cache, **env))
-    reference, _, _ = finish(child(tmp_path / "other", RNNBENCH_NATIVE="0"))
+    reference, reference_err, _ = finish(child(tmp_path / "other", RNNBENCH_NATIVE="0"))
     notices = [line for line in err.splitlines() if line.startswith("rnnbench:")]
     assert rc == 0 and out.startswith("python")
+    assert reference.startswith("python") and "rnnbench:" not in reference_err  # RNNBENCH_NATIVE=0: no build
     assert float(out.split()[1]) == pytest.approx(float(reference.split()[1]), rel=1e-6)
     if case == "no compiler":
         assert notices == [notices[0]] and "no C++ compiler (rnnbench-no-such-compiler)" in notices[0]
@@ -184,3 +188,20 @@ def test_without_a_working_compiler_one_notice_and_the_python_loops(tmp_path, ca
         log = Path(notices[1].split("compiler output in ")[1].split(")")[0])
         assert "broken on purpose" in log.read_text()
         assert not list(cache.glob("*.so"))
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("nm") is None, reason="x86-64 with binutils only")
+def test_every_float_pass_is_built_for_three_cpu_levels_and_chosen_at_load():
+    """Each float32 elementwise function of the library is an indirect function (resolved when the library
+    loads) with an AVX-512, an AVX2 and a baseline clone, so one cached build runs on any x86-64 CPU."""
+    library = native.library_path(os.environ.get("CXX", "c++"))
+    symbols = subprocess.run(["nm", "-C", str(library)], capture_output=True, text=True, check=True).stdout
+    functions = {re.search(r"(\w+)\(", line.split(" i ", 1)[1].replace("(anonymous namespace)", "")).group(1)
+                 for line in symbols.splitlines() if " i " in line}
+    assert functions >= {
+        "lstm_forward_step_f", "lstm_backward_step_f", "gru_forward_rows_f", "gru_backward_rows_f",
+        "cho_gates_rows_f", "cho_state_rows_f", "cho_dn_rows_f", "cho_drz_rows_f"}
+    for function in functions:
+        clones = {line.rsplit("[clone .", 1)[1].rstrip("]") for line in symbols.splitlines()
+                  if f"{function}(" in line and "[clone ." in line and "resolver" not in line}
+        assert clones >= {"arch_x86_64_v4", "arch_x86_64_v3", "default"}, function
