@@ -262,7 +262,7 @@ class _LSTMScan(torch.autograd.Function):
         flags: LSTMFlags = ctx.flags
         compiled = native.usable(acts, dhs)
         if compiled is not None:
-            dpre, dpeep = compiled.lstm_backward(dhs, zs, cs, ys, acts, wrec, peep, _native_flags(flags), ctx.reverse)
+            dpre, dpeep = compiled.lstm_backward(dhs, cs, ys, acts, wrec, peep, _native_flags(flags), ctx.reverse)
             return dpre, _weight_grad(dpre, zs, ctx.reverse), dpeep if peep is not None else None, None, None
         dpre = _LSTMScan.backward_loop(dhs, zs, cs, ys, acts, wrec, peep, flags, ctx.reverse)
         dpeep = None

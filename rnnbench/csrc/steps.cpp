@@ -15,7 +15,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <utility>
 #include <vector>
 
 namespace {
@@ -28,6 +27,13 @@ using at::Tensor;
 #define RNNBENCH_CLONES
 #endif
 #define RNNBENCH_INLINE inline __attribute__((always_inline))
+
+// For a template `name<T>` with parameters params(T) and arguments args: `name_f`, its float instance compiled
+// for each CPU target, and `name_any`, one overload per type, which the time loops call.
+#define RNNBENCH_CLONED(name, params, args)                         \
+  RNNBENCH_CLONES void name##_f params(float) { name<float> args; } \
+  void name##_any params(float) { name##_f args; }                  \
+  void name##_any params(double) { name<double> args; }
 
 enum Act : int64_t { TANH = 0, SIGMOID = 1, IDENTITY = 2, RELU = 3 };
 
@@ -264,29 +270,15 @@ RNNBENCH_INLINE void lstm_backward_step(const LSTMShape& s, const T* peep, T* dp
   });
 }
 
-#define RNNBENCH_LSTM_FORWARD_ARGS(T) \
+#define P_LSTM_FORWARD(T) \
   (const LSTMShape& s, const T* peep, LSTMConstants<T>& k0, T* acts, const T* cprev, T* cs, T* ys, T* zs, int64_t t)
-#define RNNBENCH_LSTM_BACKWARD_ARGS(T) \
+#define A_LSTM_FORWARD (s, peep, k0, acts, cprev, cs, ys, zs, t)
+#define P_LSTM_BACKWARD(T) \
   (const LSTMShape& s, const T* peep, T* dpeep, LSTMConstants<T>& k0, const T* dhs, const T* dz, T* dc, \
    const T* acts, const T* cprev, const T* cs, const T* ys, T* dpre, int64_t t)
-RNNBENCH_CLONES void lstm_forward_step_f RNNBENCH_LSTM_FORWARD_ARGS(float) {
-  lstm_forward_step<float>(s, peep, k0, acts, cprev, cs, ys, zs, t);
-}
-RNNBENCH_CLONES void lstm_backward_step_f RNNBENCH_LSTM_BACKWARD_ARGS(float) {
-  lstm_backward_step<float>(s, peep, dpeep, k0, dhs, dz, dc, acts, cprev, cs, ys, dpre, t);
-}
-void lstm_forward_step_any RNNBENCH_LSTM_FORWARD_ARGS(float) {
-  lstm_forward_step_f(s, peep, k0, acts, cprev, cs, ys, zs, t);
-}
-void lstm_forward_step_any RNNBENCH_LSTM_FORWARD_ARGS(double) {
-  lstm_forward_step<double>(s, peep, k0, acts, cprev, cs, ys, zs, t);
-}
-void lstm_backward_step_any RNNBENCH_LSTM_BACKWARD_ARGS(float) {
-  lstm_backward_step_f(s, peep, dpeep, k0, dhs, dz, dc, acts, cprev, cs, ys, dpre, t);
-}
-void lstm_backward_step_any RNNBENCH_LSTM_BACKWARD_ARGS(double) {
-  lstm_backward_step<double>(s, peep, dpeep, k0, dhs, dz, dc, acts, cprev, cs, ys, dpre, t);
-}
+#define A_LSTM_BACKWARD (s, peep, dpeep, k0, dhs, dz, dc, acts, cprev, cs, ys, dpre, t)
+RNNBENCH_CLONED(lstm_forward_step, P_LSTM_FORWARD, A_LSTM_FORWARD)
+RNNBENCH_CLONED(lstm_backward_step, P_LSTM_BACKWARD, A_LSTM_BACKWARD)
 
 // out = self + a @ b (self undefined: 0; self the same tensor as out: in place), batched over K. One weight set (K = 1) in float32 with a large weight
 // goes through oneDNN's matmul, the library nn.LSTM uses on the CPU (measured 1.3x MKL's sgemm at hidden 256-512
@@ -354,7 +346,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xp, const Tensor& wrec, const std
 
 // Returns dpre (K, T, B, G) and the peephole gradients (K, P, H) (empty without peepholes); the weight gradient
 // is one GEMM the caller forms from dpre.
-std::vector<Tensor> lstm_backward(const Tensor& dhs, const Tensor& zs, const Tensor& cs, const Tensor& ys, const Tensor& acts,
+std::vector<Tensor> lstm_backward(const Tensor& dhs, const Tensor& cs, const Tensor& ys, const Tensor& acts,
                      const Tensor& wrec, const std::optional<Tensor>& peep, at::IntArrayRef flags, bool reverse) {
   const int64_t P = peep.has_value() ? peep->size(1) : 0;
   LSTMShape s(acts, wrec, flags, P);
@@ -439,36 +431,15 @@ RNNBENCH_INLINE void gru_backward_rows(int64_t T_, int64_t B, int64_t H, const T
   }
 }
 
-RNNBENCH_CLONES void gru_forward_rows_f(int64_t T_, int64_t B, int64_t H, const float* xp, const float* ghs,
-                                        const float* hprev, float* rzs, float* ns, float* hs, const float* zero,
-                                        int64_t t, int64_t begin, int64_t end) {
-  gru_forward_rows<float>(T_, B, H, xp, ghs, hprev, rzs, ns, hs, zero, t, begin, end);
-}
-RNNBENCH_CLONES void gru_backward_rows_f(int64_t T_, int64_t B, int64_t H, const float* dhs, float* dh,
-                                         const float* rzs, const float* ns, const float* ghs, const float* hprev,
-                                         float* dxp, float* dhn, float* dg, float* dhz, const float* zero, int64_t t,
-                                         int64_t begin, int64_t end) {
-  gru_backward_rows<float>(T_, B, H, dhs, dh, rzs, ns, ghs, hprev, dxp, dhn, dg, dhz, zero, t, begin, end);
-}
-void gru_forward_rows_any(int64_t T_, int64_t B, int64_t H, const float* xp, const float* ghs, const float* hprev,
-                          float* rzs, float* ns, float* hs, const float* zero, int64_t t, int64_t begin, int64_t end) {
-  gru_forward_rows_f(T_, B, H, xp, ghs, hprev, rzs, ns, hs, zero, t, begin, end);
-}
-void gru_forward_rows_any(int64_t T_, int64_t B, int64_t H, const double* xp, const double* ghs,
-                          const double* hprev, double* rzs, double* ns, double* hs, const double* zero, int64_t t,
-                          int64_t begin, int64_t end) {
-  gru_forward_rows<double>(T_, B, H, xp, ghs, hprev, rzs, ns, hs, zero, t, begin, end);
-}
-void gru_backward_rows_any(int64_t T_, int64_t B, int64_t H, const float* dhs, float* dh, const float* rzs,
-                           const float* ns, const float* ghs, const float* hprev, float* dxp, float* dhn, float* dg,
-                           float* dhz, const float* zero, int64_t t, int64_t begin, int64_t end) {
-  gru_backward_rows_f(T_, B, H, dhs, dh, rzs, ns, ghs, hprev, dxp, dhn, dg, dhz, zero, t, begin, end);
-}
-void gru_backward_rows_any(int64_t T_, int64_t B, int64_t H, const double* dhs, double* dh, const double* rzs,
-                           const double* ns, const double* ghs, const double* hprev, double* dxp, double* dhn,
-                           double* dg, double* dhz, const double* zero, int64_t t, int64_t begin, int64_t end) {
-  gru_backward_rows<double>(T_, B, H, dhs, dh, rzs, ns, ghs, hprev, dxp, dhn, dg, dhz, zero, t, begin, end);
-}
+#define P_GRU_FORWARD(T) (int64_t T_, int64_t B, int64_t H, const T* xp, const T* ghs, const T* hprev, T* rzs, \
+                          T* ns, T* hs, const T* zero, int64_t t, int64_t begin, int64_t end)
+#define A_GRU_FORWARD (T_, B, H, xp, ghs, hprev, rzs, ns, hs, zero, t, begin, end)
+#define P_GRU_BACKWARD(T) (int64_t T_, int64_t B, int64_t H, const T* dhs, T* dh, const T* rzs, const T* ns, \
+                           const T* ghs, const T* hprev, T* dxp, T* dhn, T* dg, T* dhz, const T* zero, int64_t t, \
+                           int64_t begin, int64_t end)
+#define A_GRU_BACKWARD (T_, B, H, dhs, dh, rzs, ns, ghs, hprev, dxp, dhn, dg, dhz, zero, t, begin, end)
+RNNBENCH_CLONED(gru_forward_rows, P_GRU_FORWARD, A_GRU_FORWARD)
+RNNBENCH_CLONED(gru_backward_rows, P_GRU_BACKWARD, A_GRU_BACKWARD)
 
 // Returns hs (K, T, B, H), rzs (K, T, B, 2H), ns (K, T, B, H), ghs (K, T, B, 3H) = W_hh h + b_hh per step.
 std::vector<Tensor> gru_forward(const Tensor& xp, const Tensor& whh, const Tensor& bhh, bool reverse) {
@@ -513,7 +484,7 @@ std::vector<Tensor> gru_backward(const Tensor& dhs, const Tensor& hs, const Tens
       const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
       const scalar_t* hprev = n == 0 ? nullptr : hp + prev * B * H;
       gru_backward_rows_any(T, B, H, dho, d, rz, np, g, hprev, dx, dn, dgp, hz, zero.data(), t, 0, K * B);
-      gemm_out(dh, dhz, dg, whh);
+      if (n > 0) gemm_out(dh, dhz, dg, whh);
     }
   });
   return {dxp, dhn};
@@ -598,10 +569,6 @@ RNNBENCH_INLINE void cho_drz_rows(int64_t T_, int64_t B, int64_t H, const T* dsu
   }
 }
 
-#define RNNBENCH_CHO(name, params, args)                                                \
-  RNNBENCH_CLONES void name##_f params(float) { name<float> args; }                     \
-  void name##_any params(float) { name##_f args; }                                      \
-  void name##_any params(double) { name<double> args; }
 #define P_GATES(T) (int64_t T_, int64_t B, int64_t H, const T* pre_rz, const T* hprev, T* rzs, T* rhs, const T* zero, \
                     int64_t t, int64_t begin, int64_t end)
 #define A_GATES (T_, B, H, pre_rz, hprev, rzs, rhs, zero, t, begin, end)
@@ -614,10 +581,10 @@ RNNBENCH_INLINE void cho_drz_rows(int64_t T_, int64_t B, int64_t H, const T* dsu
 #define P_DRZ(T) (int64_t T_, int64_t B, int64_t H, const T* dsum, const T* drh, const T* rzs, const T* ns, \
                   const T* hprev, T* dxp, T* carry, const T* zero, int64_t t, int64_t begin, int64_t end)
 #define A_DRZ (T_, B, H, dsum, drh, rzs, ns, hprev, dxp, carry, zero, t, begin, end)
-RNNBENCH_CHO(cho_gates_rows, P_GATES, A_GATES)
-RNNBENCH_CHO(cho_state_rows, P_STATE, A_STATE)
-RNNBENCH_CHO(cho_dn_rows, P_DN, A_DN)
-RNNBENCH_CHO(cho_drz_rows, P_DRZ, A_DRZ)
+RNNBENCH_CLONED(cho_gates_rows, P_GATES, A_GATES)
+RNNBENCH_CLONED(cho_state_rows, P_STATE, A_STATE)
+RNNBENCH_CLONED(cho_dn_rows, P_DN, A_DN)
+RNNBENCH_CLONED(cho_drz_rows, P_DRZ, A_DRZ)
 
 // Returns hs, rzs (K, T, B, 2H), rhs (K, T, B, H) = r * h_{t-1}, ns.
 std::vector<Tensor> gru_cho_forward(const Tensor& xp, const Tensor& w_rz, const Tensor& w_n, bool reverse) {
@@ -667,7 +634,7 @@ Tensor gru_cho_backward(const Tensor& dhs, const Tensor& hs, const Tensor& rzs, 
       Tensor dxt = dxp.select(1, t);
       gemm_out(drh, Tensor(), dxt.narrow(2, 2 * H, H), w_n);
       cho_drz_rows_any(T, B, H, s, q, rz, np, hprev, dx, c, zero.data(), t, 0, K * B);
-      gemm_out(dh, carry, dxt.narrow(2, 0, 2 * H), w_rz);
+      if (n > 0) gemm_out(dh, carry, dxt.narrow(2, 0, 2 * H), w_rz);
     }
   });
   return dxp;
@@ -677,7 +644,7 @@ Tensor gru_cho_backward(const Tensor& dhs, const Tensor& hs, const Tensor& rzs, 
 
 TORCH_LIBRARY(rnnbench, m) {
   m.def("lstm_forward(Tensor xp, Tensor wrec, Tensor? peep, int[] flags, bool reverse) -> Tensor[]", &lstm_forward);
-  m.def("lstm_backward(Tensor dhs, Tensor zs, Tensor cs, Tensor ys, Tensor acts, Tensor wrec, Tensor? peep, "
+  m.def("lstm_backward(Tensor dhs, Tensor cs, Tensor ys, Tensor acts, Tensor wrec, Tensor? peep, "
         "int[] flags, bool reverse) -> Tensor[]", &lstm_backward);
   m.def("gru_forward(Tensor xp, Tensor whh, Tensor bhh, bool reverse) -> Tensor[]", &gru_forward);
   m.def("gru_backward(Tensor dhs, Tensor hs, Tensor rzs, Tensor ns, Tensor ghs, Tensor whh, bool reverse) -> Tensor[]",
