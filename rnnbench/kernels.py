@@ -1,4 +1,5 @@
-r"""Hand-written backward through time for the classic recurrences, for K stacked weight sets at once.
+r"""Hand-written backward through time for the classic recurrences and the elementwise modern ones, for K
+stacked weight sets at once.
 
 A cell's whole-sequence path (:meth:`rnnbench.RecurrentCell.stacked_sequence`) calls one of these; a single
 model is K = 1, a seed-parallel population K members. Sequences are (K, T, B, F): the input projections ``xp``
@@ -16,6 +17,8 @@ the step loop costs about three times as many operator calls.
   default flags.
 - :func:`gru`: torch's GRU (r scales :math:`W_{hn} h + b_{hn}`); :func:`gru_cho`: Cho et al. 2014 (r scales h
   before the matmul).
+- :func:`min_rnn` (minGRU, minLSTM) and :func:`indrnn`: recurrences without a recurrent matmul (each unit reads
+  only its own previous value), so a step is elementwise work alone.
 
 Each is tested equal, in float64 values and gradients, to autograd through the cell's step (``tests/test_kernels.py``).
 """
@@ -33,6 +36,13 @@ from rnnbench import native
 _sigmoid_backward = torch.ops.aten.sigmoid_backward
 _tanh_backward = torch.ops.aten.tanh_backward
 ACTIVATIONS = ("tanh", "sigmoid", "identity", "relu")
+
+
+def compiled_loops(x: Tensor) -> bool:
+    """Whether the kernels run compiled time loops for ``x``: a CPU (or meta, which stands for one) float32 or
+    float64 tensor, with the library built (:mod:`rnnbench.native`). A cell may choose its path by it: without
+    the compiled loops, autograd through its step can be faster than a kernel's Python loop."""
+    return x.device.type in ("cpu", "meta") and x.dtype in (torch.float32, torch.float64) and native.ops() is not None
 
 
 def input_projection(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -502,3 +512,145 @@ def gru_cho(xp: Tensor, w_rz: Tensor, w_n: Tensor, reverse: bool = False) -> Ten
     """The GRU of Cho et al. 2014 (r applied to h before W_hn): ``xp`` (K, T, B, 3H) = W_ih x + b_ih + b_hh
     (gates r, z, n), ``w_rz`` (K, 2H, H) and ``w_n`` (K, H, H) the blocks of W_hh; returns (K, T, B, H)."""
     return _GRUChoScan.apply(xp, w_rz, w_n, reverse)
+
+
+MIN_RNNS = {"mingru": 0, "minlstm": 1}  # csrc/steps.cpp's MinKind
+
+
+def _min_parts(pre: Tensor, kind: str) -> tuple[Tensor, ...]:
+    """From the pre-activations (K, T, B, G) of every step: a, b of h_t = a_t h_{t-1} + b_t, then what the
+    backward needs: minGRU (z, g, g'), minLSTM (f, i, f + i, g, g'), g' = dg/dv of the candidate."""
+    blocks = pre.chunk(2 if kind == "mingru" else 3, dim=-1)
+    v = blocks[-1]
+    s = torch.sigmoid(v)
+    positive = v >= 0
+    g = torch.where(positive, v + 0.5, s)
+    dg = torch.where(positive, torch.ones_like(s), s * (1 - s))
+    if kind == "mingru":
+        z = torch.sigmoid(blocks[0])
+        return 1 - z, z * g, z, g, dg
+    f, i = torch.sigmoid(blocks[0]), torch.sigmoid(blocks[1])
+    total = f + i
+    return f / total, (i / total) * g, f, i, total, g, dg
+
+
+class _MinScan(torch.autograd.Function):
+    """minGRU and minLSTM (:mod:`rnnbench.plugins.mingru`): every gate from the input alone, so the loop has no
+    matmul; the backward recomputes the gates from the pre-activations."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, kind: str, reverse: bool) -> Tensor:
+        compiled = native.usable(pre)
+        pre = pre.contiguous()
+        if compiled is None:
+            hs = _MinScan.loop(pre, kind, reverse)
+        else:
+            hs = compiled.min_forward(pre, MIN_RNNS[kind], reverse)
+        ctx.save_for_backward(pre, hs)
+        ctx.kind, ctx.reverse = kind, reverse
+        return hs
+
+    @staticmethod
+    def loop(pre: Tensor, kind: str, reverse: bool) -> Tensor:
+        """The forward time loop in Python: every step's a_t and b_t at once, then one addcmul per step."""
+        a, b = _min_parts(pre, kind)[:2]
+        hs = torch.empty_like(b)
+        h = b.new_zeros(b[:, 0].shape)
+        a_steps, b_steps, h_steps = _steps(a), _steps(b), _steps(hs)
+        for t in _order(hs.shape[1], reverse)[0]:
+            h = torch.addcmul(b_steps[t], a_steps[t], h, out=h_steps[t])
+        return hs
+
+    @staticmethod
+    def backward(ctx: Any, dhs: Tensor) -> tuple[Tensor | None, ...]:
+        pre, hs = ctx.saved_tensors
+        compiled = native.usable(pre, dhs)
+        if compiled is not None:
+            return compiled.min_backward(dhs, pre, hs, MIN_RNNS[ctx.kind], ctx.reverse), None, None
+        return _MinScan.backward_loop(dhs, pre, hs, ctx.kind, ctx.reverse), None, None
+
+    @staticmethod
+    def backward_loop(dhs: Tensor, pre: Tensor, hs: Tensor, kind: str, reverse: bool) -> Tensor:
+        """The backward in Python: the gradient carried through h (one addcmul per step), then d pre at once."""
+        a, _, *parts = _min_parts(pre, kind)
+        dh = torch.empty_like(hs)  # d h_t: from the output and from step t+1
+        carry = hs.new_zeros(hs[:, 0].shape)
+        a_steps, dhs_steps, dh_steps = _steps(a), _steps(dhs), _steps(dh)
+        for t in reversed(_order(hs.shape[1], reverse)[0]):
+            torch.add(dhs_steps[t], carry, out=dh_steps[t])
+            carry = a_steps[t] * dh_steps[t]
+        h_prev = _previous(hs, reverse)
+        if kind == "mingru":
+            z, g, dg = parts
+            return torch.cat([dh * (g - h_prev) * z * (1 - z), dh * z * dg], dim=-1)
+        f, i, total, g, dg = parts
+        q = dh * (h_prev - g) / (total * total)
+        return torch.cat([q * i * f * (1 - f), -q * f * i * (1 - i), dh * (i / total) * dg], dim=-1)
+
+
+def min_rnn(pre: Tensor, kind: str, reverse: bool = False) -> Tensor:
+    r"""minGRU (``kind="mingru"``: ``pre`` (K, T, B, 2H), blocks z, h) or minLSTM (``"minlstm"``: (K, T, B, 3H),
+    blocks f, i, h) from the input pre-activations of every step; returns h (K, T, B, H), from h = 0:
+
+    .. math:: h_t = (1 - z_t) h_{t-1} + z_t g(v_t) \quad\text{or}\quad
+        h_t = \frac{f_t h_{t-1} + i_t g(v_t)}{f_t + i_t}, \qquad g(v) = v + \tfrac12 \;(v \ge 0),\; \sigma(v) \;(v < 0)
+
+    with every gate the sigmoid of its block."""
+    if kind not in MIN_RNNS:
+        raise ValueError(f"kind {kind!r}; expected one of {tuple(MIN_RNNS)}")
+    return _MinScan.apply(pre, kind, reverse)
+
+
+class _IndScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, u: Tensor, activation: str, reverse: bool) -> Tensor:
+        compiled = native.usable(xp, u)
+        xp = xp.contiguous()
+        if compiled is None:
+            hs = _IndScan.loop(xp, u, activation, reverse)
+        else:
+            hs = compiled.indrnn_forward(xp, u, _ACTIVATION_CODES[activation], reverse)
+        ctx.save_for_backward(hs, u)
+        ctx.activation, ctx.reverse = activation, reverse
+        return hs
+
+    @staticmethod
+    def loop(xp: Tensor, u: Tensor, activation: str, reverse: bool) -> Tensor:
+        """The forward time loop in Python."""
+        hs = torch.empty_like(xp)
+        h = xp.new_zeros(xp[:, 0].shape)
+        w = u.unsqueeze(1)
+        xs, h_steps = _steps(xp), _steps(hs)
+        for t in _order(xp.shape[1], reverse)[0]:
+            _activate(activation, torch.addcmul(xs[t], w, h), h_steps[t])
+            h = h_steps[t]
+        return hs
+
+    @staticmethod
+    def backward(ctx: Any, dhs: Tensor) -> tuple[Tensor | None, ...]:
+        hs, u = ctx.saved_tensors
+        compiled = native.usable(hs, dhs)
+        if compiled is not None:
+            dxp, du = compiled.indrnn_backward(dhs, hs, u, _ACTIVATION_CODES[ctx.activation], ctx.reverse)
+        else:
+            dxp, du = _IndScan.backward_loop(dhs, hs, u, ctx.activation, ctx.reverse)
+        return dxp, du, None, None
+
+    @staticmethod
+    def backward_loop(dhs: Tensor, hs: Tensor, u: Tensor, activation: str, reverse: bool) -> tuple[Tensor, Tensor]:
+        """The backward time loop in Python: dxp, du."""
+        dxp = torch.empty_like(hs)
+        dh = hs.new_zeros(hs[:, 0].shape)
+        w = u.unsqueeze(1)
+        h_steps, dhs_steps, d_steps = _steps(hs), _steps(dhs), _steps(dxp)
+        for t in reversed(_order(hs.shape[1], reverse)[0]):
+            dh = _activation_backward(activation, dh + dhs_steps[t], h_steps[t], into=d_steps[t]) * w
+        return dxp, (dxp * _previous(hs, reverse)).sum(dim=(1, 2))
+
+
+def indrnn(xp: Tensor, u: Tensor, activation: str = "relu", reverse: bool = False) -> Tensor:
+    r""":math:`h_t = \phi(xp_t + u \odot h_{t-1})`, :math:`h_{-1} = 0` (IndRNN: a diagonal recurrence): ``xp``
+    (K, T, B, H) with the bias folded in, ``u`` (K, H); returns (K, T, B, H). ``activation``: relu or tanh."""
+    if activation not in ("relu", "tanh"):
+        raise ValueError(f"activation {activation!r}; expected relu or tanh")
+    return _IndScan.apply(xp, u, activation, reverse)

@@ -22,13 +22,16 @@ NAMES = ("mingru", "minlstm", "lru", "s6", "slstm", "indrnn", "orthogonal_rnn")
 B, T, I, H = 3, 7, 4, 5
 TOL = {"rtol": 1e-9, "atol": 1e-11}
 PARALLEL = {"mingru": "log", "minlstm": "log", "lru": "chunked", "s6": "chunked"}
-"""The parallel scan that ``scan=auto`` picks on an accelerator (on the CPU, auto runs the step loop)."""
+"""The parallel scan that ``scan=auto`` picks on an accelerator."""
+ON_CPU = {"mingru": "sequential", "minlstm": "sequential", "lru": None, "s6": None}
+"""What ``scan=auto`` picks on the CPU: the compiled time loop of rnnbench.kernels, or None (the step loop)."""
 CASES = [
     ("mingru", {"scan": "log"}),
     ("mingru", {"scan": "chunked"}),
     ("mingru", {"scan": "sequential"}),
     ("minlstm", {"scan": "log"}),
     ("minlstm", {"scan": "chunked"}),
+    ("minlstm", {"scan": "sequential"}),
     ("lru", {"scan": "chunked"}),
     ("lru", {"output_activation": "gelu", "state_size": 3, "max_phase": 0.3, "scan": "sequential"}),
     ("s6", {"scan": "chunked"}),
@@ -49,7 +52,7 @@ def make(name: str, input_size: int = I, hidden_size: int = H, **overrides):
 
 
 def scan_kwargs(name: str) -> dict:
-    """The cell's defaults with its parallel scan forced (``auto`` would run the step loop on the CPU)."""
+    """The cell's defaults with its parallel scan forced (``auto`` picks another path on the CPU)."""
     kwargs = config_defaults(REGISTRY.cell(name).config)
     return {**kwargs, "scan": PARALLEL[name]} if name in PARALLEL else kwargs
 
@@ -87,7 +90,7 @@ def steps_of(cell, x: Tensor) -> Tensor:
     return torch.stack(unroll(cell, x)[0], dim=1)
 
 
-HOISTED = ("slstm", "indrnn")
+HOISTED = ("slstm",)
 """Cells whose whole-sequence path (``hoisted_sequence``) runs on an accelerator only."""
 
 
@@ -222,18 +225,37 @@ def test_layers_train_on_the_sequence_path_and_probe_on_the_steps() -> None:
     assert torch.autograd.grad(loss(seq_steps), seq_steps[0], allow_unused=True)[0] is None
 
 
-def test_whole_sequence_paths_on_an_accelerator_and_the_step_loop_on_the_cpu() -> None:
+def autograd_nodes(out: Tensor) -> set[str]:
+    """The names of every node in the autograd graph of ``out``."""
+    seen, todo = set(), [out.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node.name() not in seen:
+            seen.add(node.name())
+            todo.extend(fn for fn, _ in node.next_functions)
+    return seen
+
+
+def test_whole_sequence_paths_on_an_accelerator_and_on_the_cpu(monkeypatch) -> None:
+    from rnnbench import native
     from rnnbench.plugins._common import resolve_scan
 
     x = torch.zeros(2, 3, I)
     for name, parallel in PARALLEL.items():
         assert config_defaults(REGISTRY.cell(name).config)["scan"] == "auto"
-        assert make(name).forward_sequence(x) is None, name  # the layer then runs the step loop
+        if ON_CPU[name] is None:
+            assert make(name).forward_sequence(x) is None, name  # the layer then runs the step loop
+        else:
+            assert "_MinScanBackward" in autograd_nodes(make(name).forward_sequence(x)), name
         assert make(name, scan=parallel).forward_sequence(x).shape == (2, 3, H)
-        assert resolve_scan("auto", torch.device("cuda"), parallel) == parallel
+        assert resolve_scan("auto", torch.device("cuda"), parallel, ON_CPU[name]) == parallel
+        assert resolve_scan("auto", torch.device("cpu"), parallel, ON_CPU[name]) == ON_CPU[name]
         assert resolve_scan("sequential", torch.device("cuda"), parallel) == "sequential"
     for name in HOISTED:
         assert make(name).forward_sequence(x) is None and make(name).hoisted_sequence(x).shape == (2, 3, H)
+    assert "_IndScanBackward" in autograd_nodes(make("indrnn").forward_sequence(x))  # rnnbench.kernels.indrnn
+    monkeypatch.setattr(native, "ops", lambda: None)  # no compiled loops: minGRU/minLSTM's step loop is faster
+    assert make("mingru").forward_sequence(x) is None and make("minlstm").forward_sequence(x) is None
     assert make("orthogonal_rnn").forward_sequence(x).shape == (2, 3, H)  # exp(A) once: faster everywhere
 
 

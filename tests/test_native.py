@@ -42,7 +42,7 @@ def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("K,H", [(1, 256), (2, 256), (1, 16)], ids=["onednn", "stacked", "small"])
-@pytest.mark.parametrize("kind", ["lstm_peephole_fgr", "gru", "gru_cho"])
+@pytest.mark.parametrize("kind", ["lstm_peephole_fgr", "gru", "gru_cho", "mingru", "minlstm", "indrnn"])
 def test_float32_matches_the_python_loops(kind, K, H, monkeypatch):
     """float32 at sizes where one weight set takes oneDNN's matmul (K = 1, hidden 256), stacked sets take
     bmm, and small rows end in the vector loops' remainders: within float32 rounding of the Python loops."""
@@ -59,9 +59,15 @@ def test_float32_matches_the_python_loops(kind, K, H, monkeypatch):
     elif kind == "gru":
         args = (rand(K, T, B, 3 * H), rand(K, 3 * H, H, scale=H ** -0.5), rand(K, 3 * H))
         run = kernels.gru
-    else:
+    elif kind == "gru_cho":
         args = (rand(K, T, B, 3 * H), rand(K, 2 * H, H, scale=H ** -0.5), rand(K, H, H, scale=H ** -0.5))
         run = kernels.gru_cho
+    elif kind == "indrnn":
+        args = (rand(K, T, B, H), rand(K, H))
+        run = kernels.indrnn
+    else:
+        args = (rand(K, T, B, (2 if kind == "mingru" else 3) * H, scale=2.0),)
+        run = lambda pre: kernels.min_rnn(pre, kind)  # noqa: E731
     got, want = both(run, *args, monkeypatch=monkeypatch)
     for name, a, b in zip(["output", *(f"grad {n}" for n in range(len(args)))], got, want):
         assert rel_error(a, b) < 2e-5, name

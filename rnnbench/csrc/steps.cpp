@@ -1,8 +1,9 @@
-// The time loops of rnnbench.kernels' LSTM family and GRUs, compiled (rnnbench/native.py builds this file at
-// first use). Each function is the loop of the matching Python scan in kernels.py, step for step: one GEMM per
-// step through ATen (MKL or oneDNN), and the gate arithmetic of every element in one pass of plain loops that the
-// compiler vectorises, instead of about 20 ATen calls per step. Layouts and saved tensors are the Python scans'
-// (K stacked weight sets, sequences (K, T, B, F)), so either path's forward pairs with either path's backward.
+// The time loops of rnnbench.kernels, compiled (rnnbench/native.py builds this file at first use): the LSTM
+// family, the GRUs, minGRU/minLSTM and IndRNN. Each function is the loop of the matching Python scan in
+// kernels.py, step for step: one GEMM per step through ATen (MKL or oneDNN) where the cell has a recurrent matrix,
+// and the gate arithmetic of every element in one pass of plain loops that the compiler vectorises, instead of
+// about 20 ATen calls per step. Layouts and saved tensors are the Python scans' (K stacked weight sets, sequences
+// (K, T, B, F)), so either path's forward pairs with either path's backward.
 //
 // float uses the polynomial exp/tanh below (Cephes, within a few ulp); double uses the C library (the tests
 // compare in float64). On x86-64 each elementwise pass is compiled three times (AVX-512, AVX2+FMA, baseline SSE2)
@@ -640,6 +641,225 @@ Tensor gru_cho_backward(const Tensor& dhs, const Tensor& hs, const Tensor& rzs, 
   return dxp;
 }
 
+// ---- recurrences without a recurrent matmul: minGRU, minLSTM, IndRNN --------------------------------------------
+// The state of each unit depends on its own previous value only, so the whole loop is elementwise: per step and
+// row one vectorised pass, no GEMM. pre (K, T, B, G) holds every step's pre-activations (one GEMM before the
+// loop); nothing but hs is saved (the backward recomputes the gates from pre).
+enum MinKind : int64_t { MINGRU = 0, MINLSTM = 1 };
+
+// minGRU/minLSTM's positive candidate g(v) = v + 1/2 (v >= 0), sigmoid(v) (v < 0), and g'(v), from s = sigmoid(v).
+// Both branches are computed and blended (a select of the two would be compiled as a branch, which does not
+// vectorise).
+template <typename T>
+RNNBENCH_INLINE T min_g(T v, T s) {
+  const T m = v >= T(0) ? T(1) : T(0);
+  return s + m * ((v + T(0.5)) - s);
+}
+template <typename T>
+RNNBENCH_INLINE T min_g_grad(T v, T s) {
+  const T m = v >= T(0) ? T(1) : T(0);
+  return (T(1) - s) * s + m * (T(1) - (T(1) - s) * s);
+}
+
+template <typename T>
+RNNBENCH_INLINE void min_forward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre,
+                                      const T* hprev, const T* zero, T* hs, int64_t t) {
+  const int64_t G = kind == MINGRU ? 2 * H : 3 * H;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b;
+    const T* __restrict p = pre + at * G;
+    T* __restrict h = hs + at * H;
+    const T* __restrict hp = hprev ? hprev + (k * T_ * B + b) * H : zero;
+    if (kind == MINGRU) {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T z = sigmoid_(p[j]), v = p[H + j], g = min_g(v, sigmoid_(v)), h0 = hp[j];
+        h[j] = h0 + z * (g - h0);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T f = sigmoid_(p[j]), i = sigmoid_(p[H + j]), v = p[2 * H + j], g = min_g(v, sigmoid_(v));
+        const T total = f + i, h0 = hp[j];
+        h[j] = (f / total) * h0 + (i / total) * g;
+      }
+    }
+  }
+}
+
+// d pre of step t from the carried gradient dh (updated in place to d h_{t-1}) and d h_t from the output.
+template <typename T>
+RNNBENCH_INLINE void min_backward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre,
+                                       const T* hprev, const T* zero, const T* dhs, T* dh, T* dpre, int64_t t) {
+  const int64_t G = kind == MINGRU ? 2 * H : 3 * H;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b;
+    const T* __restrict p = pre + at * G;
+    const T* __restrict dho = dhs + at * H;
+    const T* __restrict hp = hprev ? hprev + (k * T_ * B + b) * H : zero;
+    T* __restrict d = dh + r * H;
+    T* __restrict dp = dpre + at * G;
+    if (kind == MINGRU) {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T z = sigmoid_(p[j]), v = p[H + j], s = sigmoid_(v), g = min_g(v, s), h0 = hp[j];
+        const T dv = d[j] + dho[j];
+        dp[j] = dv * (g - h0) * ((T(1) - z) * z);
+        dp[H + j] = dv * z * min_g_grad(v, s);
+        d[j] = dv - dv * z;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T f = sigmoid_(p[j]), i = sigmoid_(p[H + j]), v = p[2 * H + j], s = sigmoid_(v), g = min_g(v, s);
+        const T total = f + i, h0 = hp[j], dv = d[j] + dho[j];
+        const T q = dv * (h0 - g) / (total * total);  // d f' = dv h0, d i' = dv g; f' = f / (f + i)
+        dp[j] = q * i * ((T(1) - f) * f);
+        dp[H + j] = -q * f * ((T(1) - i) * i);
+        dp[2 * H + j] = dv * (i / total) * min_g_grad(v, s);
+        d[j] = dv * (f / total);
+      }
+    }
+  }
+}
+
+template <typename T>
+RNNBENCH_INLINE void ind_forward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t activation,
+                                      const T* xp, const T* u, const T* hprev, const T* zero, T* hs, int64_t t) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b;
+    const T* __restrict x = xp + at * H;
+    const T* __restrict w = u + k * H;
+    const T* __restrict hp = hprev ? hprev + (k * T_ * B + b) * H : zero;
+    T* __restrict h = hs + at * H;
+    if (activation == RELU) {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) h[j] = act<T, RELU>(x[j] + w[j] * hp[j]);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) h[j] = act<T, TANH>(x[j] + w[j] * hp[j]);
+    }
+  }
+}
+
+template <typename T, int64_t A>
+RNNBENCH_INLINE void ind_backward_row(int64_t H, const T* __restrict w, const T* __restrict h, const T* __restrict hp,
+                                      const T* __restrict dho, T* __restrict d, T* __restrict dx,
+                                      T* __restrict acc) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T dp = act_grad<T, A>(d[j] + dho[j], h[j]);
+    dx[j] = dp;
+    acc[j] += dp * hp[j];
+    d[j] = dp * w[j];
+  }
+}
+
+template <typename T>
+RNNBENCH_INLINE void ind_backward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t activation,
+                                       const T* u, const T* hs, const T* hprev, const T* zero, const T* dhs,
+                                       T* dh, T* dxp, T* du, int64_t t) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b;
+    const T *w = u + k * H, *h = hs + at * H, *hp = hprev ? hprev + (k * T_ * B + b) * H : zero, *dho = dhs + at * H;
+    T *d = dh + r * H, *dx = dxp + at * H, *acc = du + k * H;
+    if (activation == RELU) ind_backward_row<T, RELU>(H, w, h, hp, dho, d, dx, acc);
+    else ind_backward_row<T, TANH>(H, w, h, hp, dho, d, dx, acc);
+  }
+}
+
+#define P_MIN_FORWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre, \
+                          const T* hprev, const T* zero, T* hs, int64_t t)
+#define A_MIN_FORWARD (T_, rows, B, H, kind, pre, hprev, zero, hs, t)
+#define P_MIN_BACKWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre, \
+                           const T* hprev, const T* zero, const T* dhs, T* dh, T* dpre, int64_t t)
+#define A_MIN_BACKWARD (T_, rows, B, H, kind, pre, hprev, zero, dhs, dh, dpre, t)
+#define P_IND_FORWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t activation, const T* xp, \
+                          const T* u, const T* hprev, const T* zero, T* hs, int64_t t)
+#define A_IND_FORWARD (T_, rows, B, H, activation, xp, u, hprev, zero, hs, t)
+#define P_IND_BACKWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t activation, const T* u, \
+                           const T* hs, const T* hprev, const T* zero, const T* dhs, T* dh, T* dxp, T* du, \
+                           int64_t t)
+#define A_IND_BACKWARD (T_, rows, B, H, activation, u, hs, hprev, zero, dhs, dh, dxp, du, t)
+RNNBENCH_CLONED(min_forward_rows, P_MIN_FORWARD, A_MIN_FORWARD)
+RNNBENCH_CLONED(min_backward_rows, P_MIN_BACKWARD, A_MIN_BACKWARD)
+RNNBENCH_CLONED(ind_forward_rows, P_IND_FORWARD, A_IND_FORWARD)
+RNNBENCH_CLONED(ind_backward_rows, P_IND_BACKWARD, A_IND_BACKWARD)
+
+// Returns hs (K, T, B, H) of minGRU (pre: blocks z, h) or minLSTM (pre: blocks f, i, h).
+Tensor min_forward(const Tensor& pre, int64_t kind, bool reverse) {
+  check_cpu(pre, "pre");
+  TORCH_CHECK(kind == MINGRU || kind == MINLSTM, "rnnbench min_forward: kind 0 (minGRU) or 1 (minLSTM)");
+  const int64_t K = pre.size(0), T = pre.size(1), B = pre.size(2), H = pre.size(3) / (kind == MINGRU ? 2 : 3);
+  Tensor hs = at::empty({K, T, B, H}, pre.options());
+  AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "rnnbench_min_forward", [&] {
+    std::vector<scalar_t> zero(H, scalar_t(0));
+    const scalar_t* p = pre.data_ptr<scalar_t>();
+    scalar_t* h = hs.data_ptr<scalar_t>();
+    for (int64_t n = 0; n < T; ++n) {
+      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+      min_forward_rows_any(T, K * B, B, H, kind, p, n == 0 ? nullptr : h + prev * B * H, zero.data(), h, t);
+    }
+  });
+  return hs;
+}
+
+// Returns d pre (K, T, B, G).
+Tensor min_backward(const Tensor& dhs, const Tensor& pre, const Tensor& hs, int64_t kind, bool reverse) {
+  check_cpu(pre, "pre");
+  check_cpu(hs, "hs");
+  const int64_t K = hs.size(0), T = hs.size(1), B = hs.size(2), H = hs.size(3);
+  Tensor dh_c = dhs.contiguous(), dpre = at::empty_like(pre), dh = at::zeros({K, B, H}, hs.options());
+  AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "rnnbench_min_backward", [&] {
+    std::vector<scalar_t> zero(H, scalar_t(0));
+    const scalar_t *p = pre.data_ptr<scalar_t>(), *h = hs.data_ptr<scalar_t>(), *dho = dh_c.data_ptr<scalar_t>();
+    scalar_t *d = dh.data_ptr<scalar_t>(), *dp = dpre.data_ptr<scalar_t>();
+    for (int64_t n = T - 1; n >= 0; --n) {
+      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+      min_backward_rows_any(T, K * B, B, H, kind, p, n == 0 ? nullptr : h + prev * B * H, zero.data(), dho, d, dp,
+                            t);
+    }
+  });
+  return dpre;
+}
+
+Tensor indrnn_forward(const Tensor& xp, const Tensor& u, int64_t activation, bool reverse) {
+  check_cpu(xp, "xp");
+  TORCH_CHECK(activation == RELU || activation == TANH, "rnnbench indrnn: relu or tanh");
+  const int64_t K = xp.size(0), T = xp.size(1), B = xp.size(2), H = xp.size(3);
+  Tensor hs = at::empty_like(xp), u_c = u.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnbench_indrnn_forward", [&] {
+    std::vector<scalar_t> zero(H, scalar_t(0));
+    const scalar_t *x = xp.data_ptr<scalar_t>(), *w = u_c.data_ptr<scalar_t>();
+    scalar_t* h = hs.data_ptr<scalar_t>();
+    for (int64_t n = 0; n < T; ++n) {
+      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+      ind_forward_rows_any(T, K * B, B, H, activation, x, w, n == 0 ? nullptr : h + prev * B * H, zero.data(), h, t);
+    }
+  });
+  return hs;
+}
+
+// Returns dxp (K, T, B, H) and du (K, H).
+std::vector<Tensor> indrnn_backward(const Tensor& dhs, const Tensor& hs, const Tensor& u, int64_t activation,
+                                    bool reverse) {
+  check_cpu(hs, "hs");
+  const int64_t K = hs.size(0), T = hs.size(1), B = hs.size(2), H = hs.size(3);
+  Tensor dh_c = dhs.contiguous(), u_c = u.contiguous(), dxp = at::empty_like(hs);
+  Tensor dh = at::zeros({K, B, H}, hs.options()), du = at::zeros({K, H}, hs.options());
+  AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnnbench_indrnn_backward", [&] {
+    std::vector<scalar_t> zero(H, scalar_t(0));
+    const scalar_t *w = u_c.data_ptr<scalar_t>(), *h = hs.data_ptr<scalar_t>(), *dho = dh_c.data_ptr<scalar_t>();
+    scalar_t *d = dh.data_ptr<scalar_t>(), *dx = dxp.data_ptr<scalar_t>(), *acc = du.data_ptr<scalar_t>();
+    for (int64_t n = T - 1; n >= 0; --n) {
+      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+      ind_backward_rows_any(T, K * B, B, H, activation, w, h, n == 0 ? nullptr : h + prev * B * H, zero.data(), dho,
+                            d, dx, acc, t);
+    }
+  });
+  return {dxp, du};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(rnnbench, m) {
@@ -652,4 +872,9 @@ TORCH_LIBRARY(rnnbench, m) {
   m.def("gru_cho_forward(Tensor xp, Tensor w_rz, Tensor w_n, bool reverse) -> Tensor[]", &gru_cho_forward);
   m.def("gru_cho_backward(Tensor dhs, Tensor hs, Tensor rzs, Tensor ns, Tensor w_rz, Tensor w_n, bool reverse) -> "
         "Tensor", &gru_cho_backward);
+  m.def("min_forward(Tensor pre, int kind, bool reverse) -> Tensor", &min_forward);
+  m.def("min_backward(Tensor dhs, Tensor pre, Tensor hs, int kind, bool reverse) -> Tensor", &min_backward);
+  m.def("indrnn_forward(Tensor xp, Tensor u, int activation, bool reverse) -> Tensor", &indrnn_forward);
+  m.def("indrnn_backward(Tensor dhs, Tensor hs, Tensor u, int activation, bool reverse) -> Tensor[]",
+        &indrnn_backward);
 }

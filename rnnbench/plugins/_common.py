@@ -64,13 +64,14 @@ def on_cpu(x: Tensor) -> bool:
     return x.device.type in ("cpu", "meta")
 
 
-def resolve_scan(scan: str, device: torch.device, parallel: str) -> str | None:
+def resolve_scan(scan: str, device: torch.device, parallel: str, cpu: str | None = None) -> str | None:
     """The algorithm ``scan`` means on ``device``: ``auto`` is ``parallel`` (the cell's parallel scan) on an
-    accelerator and None on the CPU (no whole-sequence path: the layer runs the step loop, which measured
-    fastest there, see ``benchmarks/results/modern_cells.md``); any other value is itself."""
+    accelerator and ``cpu`` on the CPU (None: no whole-sequence path, the layer runs the step loop; the cells
+    without a compiled loop measured fastest so, see ``benchmarks/results/modern_cells.md``); any other value is
+    itself."""
     if scan != "auto":
         return scan
-    return None if device.type in ("cpu", "meta") else parallel
+    return cpu if device.type in ("cpu", "meta") else parallel
 
 
 def chunk_length(steps: int) -> int:

@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
-from rnnbench import CellConfig, CellSpec, RecurrentCell, hookimpl
-from rnnbench.plugins._common import on_cpu
+from rnnbench import CellConfig, CellSpec, RecurrentCell, hookimpl, kernels
 from rnnbench.validation import choice, number, positive_int
 
 INDRNN_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": torch.relu, "tanh": torch.tanh}
@@ -54,9 +53,8 @@ class IndRNNCell(RecurrentCell):
     come back. ``recurrent_weights`` reports u_c.
 
     Shapes: ``weight_ih`` (H, I), ``bias_ih`` (H,), ``weight_hh`` = u (H,); state h (B, H).
-    Whole sequence (:meth:`hoisted_sequence`): the input projection of every step in one matmul, then the
-    (elementwise) steps; :meth:`forward_sequence` uses it on an accelerator and returns None on the CPU, where the
-    step loop measured faster.
+    Whole sequence (:meth:`stacked_sequence`): the input projection of every step in one matmul, then the
+    elementwise time loop of :func:`rnnbench.kernels.indrnn` (hand-written backward; compiled on the CPU).
     """
 
     def __init__(
@@ -88,9 +86,10 @@ class IndRNNCell(RecurrentCell):
             low = magnitude ** (-1.0 / horizon) if recurrent_init == "long" else 0.0
             self.weight_hh.uniform_(low, self.u_max)
 
-    def recurrent(self) -> Tensor:
-        """u as the recurrence uses it: clipped to [-u_max, u_max] (straight-through gradient) if clipping."""
-        u = self.weight_hh
+    def recurrent(self, u: Tensor | None = None) -> Tensor:
+        """u (``weight_hh`` unless given) as the recurrence uses it: clipped to [-u_max, u_max] (straight-through
+        gradient) if clipping."""
+        u = self.weight_hh if u is None else u
         if not self.clip_recurrent:
             return u
         return u + (u.clamp(-self.u_max, self.u_max) - u).detach()
@@ -99,18 +98,9 @@ class IndRNNCell(RecurrentCell):
         h = self.activation(torch.addcmul(torch.addmm(self.bias_ih, x, self.weight_ih.t()), self.recurrent(), h))
         return h, h
 
-    def forward_sequence(self, x: Tensor) -> Tensor | None:
-        return None if on_cpu(x) else self.hoisted_sequence(x)
-
-    def hoisted_sequence(self, x: Tensor) -> Tensor:
-        """All h_t (B, T, H): the input projection of every step at once, then the elementwise steps."""
-        u = self.recurrent()
-        h = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        outputs = []
-        for xw in F.linear(x, self.weight_ih, self.bias_ih).unbind(1):  # T x (B, H)
-            h = self.activation(torch.addcmul(xw, u, h))
-            outputs.append(h)
-        return torch.stack(outputs, dim=1)
+    def stacked_sequence(self, params: dict[str, Tensor], x: Tensor, reverse: bool = False) -> Tensor:
+        xp = kernels.input_projection(x, params["weight_ih"], params["bias_ih"])
+        return kernels.indrnn(xp, self.recurrent(params["weight_hh"]), self.nonlinearity, reverse)
 
     def recurrent_weights(self) -> dict[str, Tensor]:
         """``weight_hh``: the diagonal u (H,) as used (clipped)."""

@@ -9,9 +9,10 @@ candidate is :math:`\tilde h_t = g(W_h x_t + b_h)` with the positive
 
 so every term of the recurrence is positive and its logarithm exists. The step (:meth:`forward`, the reference
 path) computes the recurrence directly; :meth:`forward_sequence` computes all steps with the scan of
-:func:`rnnbench.plugins._common.log_space_scan` (``scan=log``), or the chunked or sequential scan in linear
-space; the default ``scan=auto`` is ``log`` on an accelerator and no whole-sequence path on the CPU (the step
-loop, measured faster there). The initial state is h_0 = 0 (the scan then has no h_0 term).
+:func:`rnnbench.plugins._common.log_space_scan` (``scan=log``), the chunked scan in linear space, or the time
+loop of :func:`rnnbench.kernels.min_rnn` (``scan=sequential``: hand-written backward, compiled on the CPU, and
+the path of seed-parallel training); the default ``scan=auto`` is ``log`` on an accelerator and ``sequential``
+on the CPU (measured fastest on each; without a C++ compiler, the step loop). The initial state is h_0 = 0 (the scan then has no h_0 term).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench import CellConfig, CellSpec, RecurrentCell, hookimpl
-from rnnbench.plugins._common import chunked_scan, log_space_scan, resolve_scan, sequential_scan
+from rnnbench import CellConfig, CellSpec, RecurrentCell, hookimpl, kernels
+from rnnbench.plugins._common import chunked_scan, log_space_scan, resolve_scan
 from rnnbench.validation import choice
 
 MIN_RNNS = ("Feng, Tung, Ahmed, Bengio & Hajimirsadeghi 2024, Were RNNs All We Needed? (arXiv 2410.01201), "
@@ -38,15 +39,16 @@ MIN_SCANS = ("auto", "log", "chunked", "sequential")
 class MinGRUConfig(CellConfig):
     scan: str = "auto"
     """The whole-sequence algorithm: log (the paper's log-space Heinsen scan), chunked (two-level scan in linear
-    space), sequential (a time loop), or auto: log on an accelerator, the step loop on the CPU (measured
-    faster there). All compute the same function."""
+    space), sequential (the time loop of rnnbench.kernels, compiled on the CPU), or auto: log on an accelerator,
+    sequential on the CPU (measured fastest on each; the step loop where the time loops could not be compiled).
+    All compute the same function."""
 
 
 @dataclass
 class MinLSTMConfig(CellConfig):
     scan: str = "auto"
     """The whole-sequence algorithm: log (the paper's log-space Heinsen scan), chunked, sequential, or auto (log on
-    an accelerator, the step loop on the CPU)."""
+    an accelerator, sequential on the CPU)."""
 
 
 def g(v: Tensor) -> Tensor:
@@ -64,6 +66,8 @@ class _InputOnlyCell(RecurrentCell):
     initialised like ``nn.Linear`` (the paper's code): U(-1/sqrt(I), 1/sqrt(I))."""
 
     blocks: tuple[str, ...] = ()
+    kind = ""
+    """The cell's name in :func:`rnnbench.kernels.min_rnn`."""
 
     def __init__(self, input_size: int, hidden_size: int, scan: str = "auto") -> None:
         super().__init__(input_size, hidden_size)
@@ -81,11 +85,22 @@ class _InputOnlyCell(RecurrentCell):
         """The G pre-activation blocks of ``x`` (..., I), each (..., H), in the order of ``blocks``."""
         return F.linear(x, self.weight_ih, self.bias_ih).chunk(len(self.blocks), dim=-1)
 
-    def _scan(self, log_a: Tensor, log_b: Tensor, scan: str) -> Tensor:
-        """h_t = a_t h_{t-1} + b_t over (B, T, H) by ``scan``."""
-        if scan == "log":
-            return log_space_scan(log_a, log_b)
-        return (chunked_scan if scan == "chunked" else sequential_scan)(log_a, torch.exp(log_b))
+    def _log_coefficients(self, *pre: Tensor) -> tuple[Tensor, Tensor]:
+        """log a, log b of h_t = a_t h_{t-1} + b_t from the pre-activation blocks, each (B, T, H)."""
+        raise NotImplementedError
+
+    def forward_sequence(self, x: Tensor) -> Tensor | None:
+        scan = resolve_scan(self.scan, x.device, "log", cpu="sequential" if kernels.compiled_loops(x) else None)
+        if scan is None:
+            return None
+        if scan == "sequential":
+            return super().forward_sequence(x)  # stacked_sequence with K = 1
+        log_a, log_b = self._log_coefficients(*self._pre(x))
+        return log_space_scan(log_a, log_b) if scan == "log" else chunked_scan(log_a, torch.exp(log_b))
+
+    def stacked_sequence(self, params: dict[str, Tensor], x: Tensor, reverse: bool = False) -> Tensor:
+        """:func:`rnnbench.kernels.min_rnn` on the input projections of every step (one GEMM)."""
+        return kernels.min_rnn(kernels.input_projection(x, params["weight_ih"], params["bias_ih"]), self.kind, reverse)
 
     def recurrent_weights(self) -> dict[str, Tensor]:
         """``decay_at_zero_input`` (H,): the factor on h_{t-1} for x_t = 0 (1 - z, or f'). No weight multiplies
@@ -112,13 +127,14 @@ class MinGRUCell(_InputOnlyCell):
         h_t = \exp\Big(a^*_t + \operatorname{logcumsumexp}_{s \le t}\big(\log z_s + \log \tilde h_s - a^*_s\big)\Big),
         \quad a^*_t = \sum_{s \le t} \log(1 - z_s)
 
-    ``scan=chunked`` or ``sequential`` computes the same recurrence with a_t = 1 - z_t, b_t = z_t h~_t in linear
-    space (:mod:`rnnbench.plugins._common`).
+    ``scan=chunked`` computes the same recurrence with a_t = 1 - z_t, b_t = z_t h~_t in linear space
+    (:mod:`rnnbench.plugins._common`), ``scan=sequential`` with :func:`rnnbench.kernels.min_rnn`.
 
     Shapes: ``weight_ih`` (2H, I) and ``bias_ih`` (2H,), blocks z, h; ``x_t`` (B, I), state ``h`` (B, H).
     """
 
     blocks = ("z", "h")
+    kind = "mingru"
 
     def _log_decay(self, pre: Tensor) -> Tensor:
         """log(1 - z) from the pre-activations ``pre`` (..., 2H)."""
@@ -129,12 +145,8 @@ class MinGRUCell(_InputOnlyCell):
         h = h + torch.sigmoid(k_z) * (g(k_h) - h)  # (1 - z) h + z g
         return h, h
 
-    def forward_sequence(self, x: Tensor) -> Tensor | None:
-        scan = resolve_scan(self.scan, x.device, "log")
-        if scan is None:
-            return None
-        k_z, k_h = self._pre(x)  # (B, T, H) each
-        return self._scan(-F.softplus(k_z), -F.softplus(-k_z) + log_g(k_h), scan)
+    def _log_coefficients(self, k_z: Tensor, k_h: Tensor) -> tuple[Tensor, Tensor]:
+        return -F.softplus(k_z), -F.softplus(-k_z) + log_g(k_h)
 
     def gate_activations(self, x: Tensor, state: Tensor) -> dict[str, Tensor]:
         """The ``update`` gate z_t of the step on ``x``."""
@@ -153,12 +165,13 @@ class MinLSTMCell(_InputOnlyCell):
 
     Whole sequence: the log-space scan with :math:`d_t = \mathrm{softplus}(-k^f_t) - \mathrm{softplus}(-k^i_t)`,
     :math:`\log f'_t = -\mathrm{softplus}(d_t)`, :math:`\log i'_t = -\mathrm{softplus}(-d_t)` (k the
-    pre-activations); ``scan=chunked`` or ``sequential`` in linear space.
+    pre-activations); ``scan=chunked`` in linear space; ``scan=sequential``: :func:`rnnbench.kernels.min_rnn`.
 
     Shapes: ``weight_ih`` (3H, I) and ``bias_ih`` (3H,), blocks f, i, h; ``x_t`` (B, I), state ``h`` (B, H).
     """
 
     blocks = ("f", "i", "h")
+    kind = "minlstm"
 
     def _log_decay(self, pre: Tensor) -> Tensor:
         """log f' = -softplus(softplus(-k_f) - softplus(-k_i)) from the pre-activations ``pre`` (..., 3H)."""
@@ -172,13 +185,9 @@ class MinLSTMCell(_InputOnlyCell):
         h = (f / total) * h + (i / total) * g(k_h)
         return h, h
 
-    def forward_sequence(self, x: Tensor) -> Tensor | None:
-        scan = resolve_scan(self.scan, x.device, "log")
-        if scan is None:
-            return None
-        k_f, k_i, k_h = self._pre(x)  # (B, T, H) each
+    def _log_coefficients(self, k_f: Tensor, k_i: Tensor, k_h: Tensor) -> tuple[Tensor, Tensor]:
         d = F.softplus(-k_f) - F.softplus(-k_i)
-        return self._scan(-F.softplus(d), -F.softplus(-d) + log_g(k_h), scan)
+        return -F.softplus(d), -F.softplus(-d) + log_g(k_h)
 
     def gate_activations(self, x: Tensor, state: Tensor) -> dict[str, Tensor]:
         """The ``forget`` and ``input`` gates f_t, i_t of the step on ``x`` (after the sigmoid, before the
