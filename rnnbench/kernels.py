@@ -19,6 +19,7 @@ the step loop costs about three times as many operator calls.
   before the matmul).
 - :func:`min_rnn` (minGRU, minLSTM) and :func:`indrnn`: recurrences without a recurrent matmul (each unit reads
   only its own previous value), so a step is elementwise work alone.
+- :func:`slstm`: xLSTM's sLSTM (exponential input gate, normaliser and stabiliser states), one head.
 
 Each is tested equal, in float64 values and gradients, to autograd through the cell's step (``tests/test_kernels.py``).
 """
@@ -654,3 +655,89 @@ def indrnn(xp: Tensor, u: Tensor, activation: str = "relu", reverse: bool = Fals
     if activation not in ("relu", "tanh"):
         raise ValueError(f"activation {activation!r}; expected relu or tanh")
     return _IndScan.apply(xp, u, activation, reverse)
+
+
+class _SLSTMScan(torch.autograd.Function):
+    """sLSTM (:mod:`rnnbench.plugins.slstm`), one head. The stabiliser m is carried, not saved: h does not depend
+    on it (it scales c and n alike), so the backward treats it as a constant (autograd's gradients through m sum to
+    zero, to rounding)."""
+
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, whh: Tensor, exp_forget: bool, reverse: bool) -> Tensor:
+        compiled = native.usable(xp, whh)
+        loop = _SLSTMScan.loop if compiled is None else compiled.slstm_forward
+        hs, cs, ns, acts = loop(xp.contiguous(), whh, exp_forget, reverse)
+        ctx.save_for_backward(hs, cs, ns, acts, whh)
+        ctx.reverse = reverse
+        return hs
+
+    @staticmethod
+    def loop(xp: Tensor, whh: Tensor, exp_forget: bool, reverse: bool) -> tuple[Tensor, ...]:
+        """The forward time loop in Python: hs, cs, ns and acts (K, T, B, 5H): i', f', tanh(z~), sigma(o~) and
+        d log f / d f~."""
+        K, T, B, G = xp.shape
+        H = G // 4
+        hs, cs, ns = (xp.new_empty(K, T, B, H) for _ in range(3))
+        acts = xp.new_empty(K, T, B, 5 * H)
+        h, c, n = (xp.new_zeros(K, B, H) for _ in range(3))
+        m = xp.new_full((K, B, H), -torch.inf)
+        whh_t = whh.transpose(1, 2).contiguous()
+        xs, h_steps, c_steps, n_steps = _steps(xp), _steps(hs), _steps(cs), _steps(ns)
+        ip_steps, fp_steps, g_steps, o_steps, fg_steps = _block_steps(acts, H)
+        for t in _order(T, reverse)[0]:
+            i_raw, f_raw, z_raw, o_raw = torch.baddbmm(xs[t], h, whh_t).chunk(4, dim=-1)
+            log_f_m = (f_raw if exp_forget else torch.nn.functional.logsigmoid(f_raw)) + m
+            m = torch.maximum(log_f_m, i_raw)
+            ip, fp, g, o = torch.exp(i_raw - m), torch.exp(log_f_m - m), torch.tanh(z_raw), torch.sigmoid(o_raw)
+            for target, value in ((ip_steps, ip), (fp_steps, fp), (g_steps, g), (o_steps, o)):
+                target[t].copy_(value)
+            if exp_forget:
+                fg_steps[t].fill_(1.0)
+            else:
+                torch.sigmoid(-f_raw, out=fg_steps[t])
+            c = torch.addcmul(fp * c, ip, g, out=c_steps[t])
+            n = torch.addcmul(ip, fp, n, out=n_steps[t])
+            h = torch.div(o * c, n, out=h_steps[t])
+        return hs, cs, ns, acts
+
+    @staticmethod
+    def backward(ctx: Any, dhs: Tensor) -> tuple[Tensor | None, ...]:
+        hs, cs, ns, acts, whh = ctx.saved_tensors
+        compiled = native.usable(acts, dhs)
+        loop = _SLSTMScan.backward_loop if compiled is None else compiled.slstm_backward
+        dpre = loop(dhs, cs, ns, acts, whh, ctx.reverse)
+        return dpre, _weight_grad(dpre, hs, ctx.reverse), None, None
+
+    @staticmethod
+    def backward_loop(dhs: Tensor, cs: Tensor, ns: Tensor, acts: Tensor, whh: Tensor, reverse: bool) -> Tensor:
+        """The backward time loop in Python: d pre-activations (K, T, B, 4H), blocks i, f, z, o."""
+        K, T, B, H = cs.shape
+        dpre = cs.new_empty(K, T, B, 4 * H)
+        dz, dc, dn, zero = (cs.new_zeros(K, B, H) for _ in range(4))
+        ip_steps, fp_steps, g_steps, o_steps, fg_steps = _block_steps(acts, H)
+        d_i, d_f, d_z, d_o = _block_steps(dpre, H)
+        d_steps, dh_steps, c_steps, n_steps = _steps(dpre), _steps(dhs), _steps(cs), _steps(ns)
+        order, back = _order(T, reverse)
+        first = order[0]
+        for t in reversed(order):
+            ip, fp, g, o = ip_steps[t], fp_steps[t], g_steps[t], o_steps[t]
+            c0, n0 = (zero, zero) if t == first else (c_steps[t + back], n_steps[t + back])
+            dh = dh_steps[t] + dz
+            cn = c_steps[t] / n_steps[t]
+            dho_n = dh * o / n_steps[t]
+            dc = dc + dho_n
+            dn = dn - dho_n * cn
+            torch.mul(torch.addcmul(dn, dc, g), ip, out=d_i[t])
+            torch.mul(torch.addcmul(dc * c0, dn, n0), fp * fg_steps[t], out=d_f[t])
+            _tanh_backward.grad_input(dc * ip, g, grad_input=d_z[t])
+            _sigmoid_backward.grad_input(dh * cn, o, grad_input=d_o[t])
+            dc, dn = dc * fp, dn * fp
+            dz = torch.bmm(d_steps[t], whh)
+        return dpre
+
+
+def slstm(xp: Tensor, whh: Tensor, exp_forget: bool = False, reverse: bool = False) -> Tensor:
+    r"""sLSTM with one head (:class:`rnnbench.plugins.slstm.SLSTMCell`): ``xp`` (K, T, B, 4H) = W x + b_ih + b_hh
+    (blocks i, f, z, o), ``whh`` (K, 4H, H) = R; the forget gate's logarithm is log sigma(f~), or f~ itself with
+    ``exp_forget``. Returns h (K, T, B, H) from h = c = n = 0, m = -inf."""
+    return _SLSTMScan.apply(xp, whh, exp_forget, reverse)

@@ -90,14 +90,9 @@ def steps_of(cell, x: Tensor) -> Tensor:
     return torch.stack(unroll(cell, x)[0], dim=1)
 
 
-HOISTED = ("slstm",)
-"""Cells whose whole-sequence path (``hoisted_sequence``) runs on an accelerator only."""
-
-
 def sequence_of(cell, x: Tensor) -> Tensor:
-    """The cell's whole-sequence path, whatever the device would choose."""
-    hoisted = getattr(cell, "hoisted_sequence", None)
-    return hoisted(x) if hoisted is not None else cell.forward_sequence(x)
+    """The cell's whole-sequence path."""
+    return cell.forward_sequence(x)
 
 
 def value_and_grads(out: Tensor, up: Tensor, tensors: list[Tensor]) -> list[Tensor]:
@@ -155,9 +150,6 @@ def test_stacked_bidirectional_model_equals_the_step_path(name: str) -> None:
     spec = REGISTRY.cell(name)
     torch.manual_seed(0)
     model = build_model(spec, scan_kwargs(name), _Tiny(), H, num_layers=2, bidirectional=True, fused=False).double()
-    if name in HOISTED:  # their whole-sequence path runs on an accelerator only: take it here too
-        for cell in model.encoder.cells():
-            cell.forward_sequence = cell.hoisted_sequence
     assert model.encoder.cells()[0].forward_sequence(torch.zeros(1, 2, I, dtype=torch.float64)) is not None
     x, _ = data(4)
     up = torch.randn(B, T, 2, dtype=torch.float64)
@@ -251,9 +243,8 @@ def test_whole_sequence_paths_on_an_accelerator_and_on_the_cpu(monkeypatch) -> N
         assert resolve_scan("auto", torch.device("cuda"), parallel, ON_CPU[name]) == parallel
         assert resolve_scan("auto", torch.device("cpu"), parallel, ON_CPU[name]) == ON_CPU[name]
         assert resolve_scan("sequential", torch.device("cuda"), parallel) == "sequential"
-    for name in HOISTED:
-        assert make(name).forward_sequence(x) is None and make(name).hoisted_sequence(x).shape == (2, 3, H)
     assert "_IndScanBackward" in autograd_nodes(make("indrnn").forward_sequence(x))  # rnnbench.kernels.indrnn
+    assert "_SLSTMScanBackward" in autograd_nodes(make("slstm").forward_sequence(x))  # rnnbench.kernels.slstm
     monkeypatch.setattr(native, "ops", lambda: None)  # no compiled loops: minGRU/minLSTM's step loop is faster
     assert make("mingru").forward_sequence(x) is None and make("minlstm").forward_sequence(x) is None
     assert make("orthogonal_rnn").forward_sequence(x).shape == (2, 3, H)  # exp(A) once: faster everywhere

@@ -1,5 +1,5 @@
 // The time loops of rnnbench.kernels, compiled (rnnbench/native.py builds this file at first use): the LSTM
-// family, the GRUs, minGRU/minLSTM and IndRNN. Each function is the loop of the matching Python scan in
+// family, the GRUs, minGRU/minLSTM, IndRNN and sLSTM. Each function is the loop of the matching Python scan in
 // kernels.py, step for step: one GEMM per step through ATen (MKL or oneDNN) where the cell has a recurrent matrix,
 // and the gate arithmetic of every element in one pass of plain loops that the compiler vectorises, instead of
 // about 20 ATen calls per step. Layouts and saved tensors are the Python scans' (K stacked weight sets, sequences
@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -39,8 +40,8 @@ using at::Tensor;
 enum Act : int64_t { TANH = 0, SIGMOID = 1, IDENTITY = 2, RELU = 3 };
 
 // ---- scalar functions: float polynomial (branch-free, vectorisable), double from libm -----------------------
-RNNBENCH_INLINE float exp_(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+RNNBENCH_INLINE float exp_(float x_in) {  // 0 below ln(FLT_MIN) (a subnormal result), as with FTZ
+  float x = x_in < -87.3365f ? -87.3365f : (x_in > 88.0f ? 88.0f : x_in);
   float fx = x * 1.44269504088896341f + 0.5f;
   int32_t n = static_cast<int32_t>(fx);
   n -= static_cast<float>(n) > fx ? 1 : 0;  // floor
@@ -53,7 +54,8 @@ RNNBENCH_INLINE float exp_(float x) {
   int32_t bits = (n + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return y * scale;
+  const float keep = x_in < -87.3365f ? 0.0f : 1.0f;  // a product, not a select, which would become a branch
+  return y * scale * keep;
 }
 RNNBENCH_INLINE double exp_(double x) { return std::exp(x); }
 
@@ -70,6 +72,30 @@ RNNBENCH_INLINE float tanh_(float x) {
   return a < 0.625f ? small : large;
 }
 RNNBENCH_INLINE double tanh_(double x) { return std::tanh(x); }
+
+// log(1 + e) for e in [0, 1]: u = 1 + e = 2^k x with x in [sqrt(1/2), sqrt(2)), Cephes' logf polynomial in x - 1,
+// then the rounding of 1 + e undone to first order (log1p(e) = log(u) e / (u - 1)).
+RNNBENCH_INLINE float log1p_unit_(float e) {
+  const float u = 1.0f + e;
+  const float k = u > 1.41421356f ? 1.0f : 0.0f;
+  const float x = (k > 0.0f ? 0.5f * u : u) - 1.0f;
+  const float z = x * x;
+  float y = ((((((((7.0376836292e-2f * x - 1.1514610310e-1f) * x + 1.1676998740e-1f) * x - 1.2420140846e-1f) * x +
+                1.4249322787e-1f) * x - 1.6668057665e-1f) * x + 2.0000714765e-1f) * x - 2.4999993993e-1f) * x +
+             3.3333331174e-1f) * x * z;
+  y += -2.12194440e-4f * k - 0.5f * z;
+  const float r = x + y + 0.693359375f * k;
+  const float d = u - 1.0f;
+  return d == 0.0f ? e : r * (e / d);
+}
+RNNBENCH_INLINE double log1p_unit_(double e) { return std::log1p(e); }
+
+// log sigmoid(x) = min(x, 0) - log(1 + exp(-|x|)).
+template <typename T>
+RNNBENCH_INLINE T log_sigmoid_(T x) {
+  const T a = x < T(0) ? -x : x;
+  return (x < T(0) ? x : T(0)) - log1p_unit_(exp_(-a));
+}
 
 template <typename T, int64_t A>
 RNNBENCH_INLINE T act(T x) {
@@ -860,6 +886,136 @@ std::vector<Tensor> indrnn_backward(const Tensor& dhs, const Tensor& hs, const T
   return {dxp, du};
 }
 
+// ---- sLSTM (xLSTM), one head --------------------------------------------------------------------------------------
+// A step: pre = xp_t + R h_{t-1} (one GEMM), then per element the stabilised exponential gating of
+// rnnbench.plugins.slstm. acts (K, T, B, 5H) keeps i', f', tanh(z~), sigma(o~) and d log f / d f~ for the
+// backward; m (the stabiliser) is carried in a buffer and not saved: h does not depend on it (it scales c and n
+// alike), so the backward treats it as a constant, which gives autograd's gradient up to rounding.
+template <typename T, bool ExpForget>
+RNNBENCH_INLINE void slstm_forward_row(int64_t H, const T* __restrict p, const T* __restrict c0,
+                                       const T* __restrict n0, T* __restrict m, T* __restrict a, T* __restrict c,
+                                       T* __restrict n, T* __restrict h) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T fr = p[H + j], ir = p[j];
+    const T log_f = ExpForget ? fr : log_sigmoid_(fr);
+    const T lfm = log_f + m[j];
+    const T mn = lfm > ir ? lfm : ir;
+    const T ip = exp_(ir - mn), fp = exp_(lfm - mn), g = tanh_(p[2 * H + j]), o = sigmoid_(p[3 * H + j]);
+    const T cv = fp * c0[j] + ip * g, nv = fp * n0[j] + ip;
+    c[j] = cv; n[j] = nv; h[j] = o * cv / nv; m[j] = mn;
+    a[j] = ip; a[H + j] = fp; a[2 * H + j] = g; a[3 * H + j] = o;
+    a[4 * H + j] = ExpForget ? T(1) : sigmoid_(-fr);
+  }
+}
+
+template <typename T>
+RNNBENCH_INLINE void slstm_forward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, bool exp_forget,
+                                        const T* pre, const T* cprev, const T* nprev, const T* zero, T* m, T* acts,
+                                        T* cs, T* ns, T* hs, int64_t t) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b, back = (k * T_ * B + b) * H;
+    const T *c0 = cprev ? cprev + back : zero, *n0 = nprev ? nprev + back : zero;
+    if (exp_forget)
+      slstm_forward_row<T, true>(H, pre + r * 4 * H, c0, n0, m + r * H, acts + at * 5 * H, cs + at * H, ns + at * H,
+                                 hs + at * H);
+    else
+      slstm_forward_row<T, false>(H, pre + r * 4 * H, c0, n0, m + r * H, acts + at * 5 * H, cs + at * H,
+                                  ns + at * H, hs + at * H);
+  }
+}
+
+template <typename T>
+RNNBENCH_INLINE void slstm_backward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, const T* dhs, const T* dz,
+                                         const T* acts, const T* cs, const T* ns, const T* cprev, const T* nprev,
+                                         const T* zero, T* dc, T* dn, T* dpre, int64_t t) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b, back = (k * T_ * B + b) * H;
+    const T* __restrict dho = dhs + at * H;
+    const T* __restrict dzr = dz + r * H;
+    const T* __restrict a = acts + at * 5 * H;
+    const T* __restrict c = cs + at * H;
+    const T* __restrict n = ns + at * H;
+    const T* __restrict c0 = cprev ? cprev + back : zero;
+    const T* __restrict n0 = nprev ? nprev + back : zero;
+    T* __restrict dcr = dc + r * H;
+    T* __restrict dnr = dn + r * H;
+    T* __restrict d = dpre + at * 4 * H;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const T ip = a[j], fp = a[H + j], g = a[2 * H + j], o = a[3 * H + j], fg = a[4 * H + j];
+      const T dh = dho[j] + dzr[j], inv = T(1) / n[j], cn = c[j] * inv;
+      const T dct = dcr[j] + dh * o * inv, dnt = dnr[j] - dh * o * cn * inv;
+      d[j] = (dct * g + dnt) * ip;
+      d[H + j] = (dct * c0[j] + dnt * n0[j]) * fp * fg;
+      d[2 * H + j] = dct * ip * (T(1) - g * g);
+      d[3 * H + j] = dh * cn * ((T(1) - o) * o);
+      dcr[j] = dct * fp; dnr[j] = dnt * fp;
+    }
+  }
+}
+
+#define P_SLSTM_FORWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, bool exp_forget, const T* pre, \
+                            const T* cprev, const T* nprev, const T* zero, T* m, T* acts, T* cs, T* ns, T* hs, \
+                            int64_t t)
+#define A_SLSTM_FORWARD (T_, rows, B, H, exp_forget, pre, cprev, nprev, zero, m, acts, cs, ns, hs, t)
+#define P_SLSTM_BACKWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, const T* dhs, const T* dz, \
+                             const T* acts, const T* cs, const T* ns, const T* cprev, const T* nprev, \
+                             const T* zero, T* dc, T* dn, T* dpre, int64_t t)
+#define A_SLSTM_BACKWARD (T_, rows, B, H, dhs, dz, acts, cs, ns, cprev, nprev, zero, dc, dn, dpre, t)
+RNNBENCH_CLONED(slstm_forward_rows, P_SLSTM_FORWARD, A_SLSTM_FORWARD)
+RNNBENCH_CLONED(slstm_backward_rows, P_SLSTM_BACKWARD, A_SLSTM_BACKWARD)
+
+// Returns hs, cs, ns (K, T, B, H) and acts (K, T, B, 5H).
+std::vector<Tensor> slstm_forward(const Tensor& xp, const Tensor& whh, bool exp_forget, bool reverse) {
+  check_cpu(xp, "xp");
+  const int64_t K = xp.size(0), T = xp.size(1), B = xp.size(2), H = xp.size(3) / 4;
+  auto opt = xp.options();
+  Tensor hs = at::empty({K, T, B, H}, opt), cs = at::empty({K, T, B, H}, opt), ns = at::empty({K, T, B, H}, opt);
+  Tensor acts = at::empty({K, T, B, 5 * H}, opt), pre = at::empty({K, B, 4 * H}, opt);
+  Tensor m = at::full({K, B, H}, -std::numeric_limits<double>::infinity(), opt), h = at::zeros({K, B, H}, opt);
+  Tensor whh_t = whh.transpose(1, 2).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnbench_slstm_forward", [&] {
+    std::vector<scalar_t> zero(H, scalar_t(0));
+    scalar_t *pp = pre.data_ptr<scalar_t>(), *mp = m.data_ptr<scalar_t>(), *a = acts.data_ptr<scalar_t>();
+    scalar_t *c = cs.data_ptr<scalar_t>(), *np = ns.data_ptr<scalar_t>(), *hp = hs.data_ptr<scalar_t>();
+    for (int64_t n = 0; n < T; ++n) {
+      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+      gemm_out(pre, xp.select(1, t), h, whh_t);
+      const bool first = n == 0;
+      slstm_forward_rows_any(T, K * B, B, H, exp_forget, pp, first ? nullptr : c + prev * B * H,
+                             first ? nullptr : np + prev * B * H, zero.data(), mp, a, c, np, hp, t);
+      h = hs.select(1, t);
+    }
+  });
+  return {hs, cs, ns, acts};
+}
+
+// Returns d pre (K, T, B, 4H); the weight gradient is one GEMM the caller forms from it.
+Tensor slstm_backward(const Tensor& dhs, const Tensor& cs, const Tensor& ns, const Tensor& acts, const Tensor& whh,
+                      bool reverse) {
+  check_cpu(acts, "acts");
+  const int64_t K = cs.size(0), T = cs.size(1), B = cs.size(2), H = cs.size(3);
+  auto opt = cs.options();
+  Tensor dh_c = dhs.contiguous(), dpre = at::empty({K, T, B, 4 * H}, opt), dz = at::zeros({K, B, H}, opt);
+  Tensor dc = at::zeros({K, B, H}, opt), dn = at::zeros({K, B, H}, opt);
+  AT_DISPATCH_FLOATING_TYPES(cs.scalar_type(), "rnnbench_slstm_backward", [&] {
+    std::vector<scalar_t> zero(H, scalar_t(0));
+    const scalar_t *dho = dh_c.data_ptr<scalar_t>(), *a = acts.data_ptr<scalar_t>();
+    const scalar_t *c = cs.data_ptr<scalar_t>(), *np = ns.data_ptr<scalar_t>();
+    scalar_t *dzp = dz.data_ptr<scalar_t>(), *dcp = dc.data_ptr<scalar_t>(), *dnp = dn.data_ptr<scalar_t>();
+    scalar_t* d = dpre.data_ptr<scalar_t>();
+    for (int64_t n = T - 1; n >= 0; --n) {
+      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+      const bool first = n == 0;
+      slstm_backward_rows_any(T, K * B, B, H, dho, dzp, a, c, np, first ? nullptr : c + prev * B * H,
+                              first ? nullptr : np + prev * B * H, zero.data(), dcp, dnp, d, t);
+      if (n > 0) gemm_out(dz, Tensor(), dpre.select(1, t), whh);
+    }
+  });
+  return dpre;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(rnnbench, m) {
@@ -877,4 +1033,7 @@ TORCH_LIBRARY(rnnbench, m) {
   m.def("indrnn_forward(Tensor xp, Tensor u, int activation, bool reverse) -> Tensor", &indrnn_forward);
   m.def("indrnn_backward(Tensor dhs, Tensor hs, Tensor u, int activation, bool reverse) -> Tensor[]",
         &indrnn_backward);
+  m.def("slstm_forward(Tensor xp, Tensor whh, bool exp_forget, bool reverse) -> Tensor[]", &slstm_forward);
+  m.def("slstm_backward(Tensor dhs, Tensor cs, Tensor ns, Tensor acts, Tensor whh, bool reverse) -> Tensor",
+        &slstm_backward);
 }

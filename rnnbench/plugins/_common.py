@@ -59,11 +59,6 @@ SCANS = ("auto", "chunked", "sequential")
 """The whole-sequence algorithms of the linear-in-state cells (``cell.scan``); minGRU/minLSTM add ``log``."""
 
 
-def on_cpu(x: Tensor) -> bool:
-    """Whether ``x`` lives on the CPU (or the meta device, which estimates a CPU run's memory)."""
-    return x.device.type in ("cpu", "meta")
-
-
 def resolve_scan(scan: str, device: torch.device, parallel: str, cpu: str | None = None) -> str | None:
     """The algorithm ``scan`` means on ``device``: ``auto`` is ``parallel`` (the cell's parallel scan) on an
     accelerator and ``cpu`` on the CPU (None: no whole-sequence path, the layer runs the step loop; the cells

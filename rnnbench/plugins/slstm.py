@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench import CellConfig, CellSpec, RecurrentCell, State, hookimpl
+from rnnbench import CellConfig, CellSpec, RecurrentCell, State, hookimpl, kernels
 from rnnbench.init import gate_bias_, recurrent_init_, uniform_default_
-from rnnbench.plugins._common import on_cpu
 from rnnbench.validation import choice, number
 
 FORGET_GATES = ("sigmoid", "exp")
@@ -52,9 +51,8 @@ class SLSTMCell(RecurrentCell):
     Parameters in torch's LSTM layout with the paper's gate order i, f, z, o: ``weight_ih`` (4H, I),
     ``weight_hh`` (4H, H), ``bias_ih`` and ``bias_hh`` (4H,), initialised U(-1/sqrt(H), 1/sqrt(H)) as torch's
     LSTM, with ``forget_bias`` the effective f bias. State ``(h, c, n, m)``, each (B, H).
-    Whole sequence (:meth:`hoisted_sequence`): the input projection of every step in one matmul, then the steps.
-    :meth:`forward_sequence` uses it on an accelerator (one kernel fewer per step) and returns None on the CPU,
-    where the step loop measured faster (the (B, T, 4H) projection costs more memory traffic than it saves).
+    Whole sequence (:meth:`stacked_sequence`): the input projection of every step in one matmul, then the time
+    loop of :func:`rnnbench.kernels.slstm` (hand-written backward; compiled on the CPU).
     """
 
     blocks = ("i", "f", "z", "o")
@@ -106,17 +104,9 @@ class SLSTMCell(RecurrentCell):
         pre = torch.addmm(self.bias_ih, x, self.weight_ih.t()) + torch.addmm(self.bias_hh, state[0], self.weight_hh.t())
         return self._pointwise(pre, state)
 
-    def forward_sequence(self, x: Tensor) -> Tensor | None:
-        return None if on_cpu(x) else self.hoisted_sequence(x)
-
-    def hoisted_sequence(self, x: Tensor) -> Tensor:
-        """All h_t (B, T, H): the input projection of every step at once, then the recurrent steps."""
-        state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        outputs = []
-        for xw in F.linear(x, self.weight_ih, self.bias_ih).unbind(1):  # T x (B, 4H)
-            h, state = self._pointwise(xw + torch.addmm(self.bias_hh, state[0], self.weight_hh.t()), state)
-            outputs.append(h)
-        return torch.stack(outputs, dim=1)
+    def stacked_sequence(self, params: dict[str, Tensor], x: Tensor, reverse: bool = False) -> Tensor:
+        xp = kernels.input_projection(x, params["weight_ih"], params["bias_ih"] + params["bias_hh"])
+        return kernels.slstm(xp, params["weight_hh"], self.forget_gate == "exp", reverse)
 
     def gate_activations(self, x: Tensor, state: State) -> dict[str, Tensor]:
         """The sigmoid gates of the step from ``state`` on ``x``: ``output``, and ``forget`` when it is a sigmoid
