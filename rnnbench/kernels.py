@@ -20,6 +20,7 @@ the step loop costs about three times as many operator calls.
 - :func:`min_rnn` (minGRU, minLSTM) and :func:`indrnn`: recurrences without a recurrent matmul (each unit reads
   only its own previous value), so a step is elementwise work alone.
 - :func:`slstm`: xLSTM's sLSTM (exponential input gate, normaliser and stabiliser states), one head.
+- :func:`lru_scan`: the LRU's diagonal complex recurrence (constant in time), as real pairs.
 
 Each is tested equal, in float64 values and gradients, to autograd through the cell's step (``tests/test_kernels.py``).
 """
@@ -741,3 +742,59 @@ def slstm(xp: Tensor, whh: Tensor, exp_forget: bool = False, reverse: bool = Fal
     (blocks i, f, z, o), ``whh`` (K, 4H, H) = R; the forget gate's logarithm is log sigma(f~), or f~ itself with
     ``exp_forget``. Returns h (K, T, B, H) from h = c = n = 0, m = -inf."""
     return _SLSTMScan.apply(xp, whh, exp_forget, reverse)
+
+
+class _LRUScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, lr: Tensor, li: Tensor, b_re: Tensor, b_im: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:
+        compiled = native.usable(b_re, lr)
+        loop = _LRUScan.loop if compiled is None else compiled.lru_forward
+        s_re, s_im = loop(lr, li, b_re.contiguous(), b_im.contiguous(), reverse)
+        ctx.save_for_backward(s_re, s_im, lr, li)
+        ctx.reverse = reverse
+        return s_re, s_im
+
+    @staticmethod
+    def loop(lr: Tensor, li: Tensor, b_re: Tensor, b_im: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:
+        """The forward time loop in Python."""
+        s_re, s_im = torch.empty_like(b_re), torch.empty_like(b_im)
+        p_re, p_im = b_re.new_zeros(b_re[:, 0].shape), b_im.new_zeros(b_im[:, 0].shape)
+        wr, wi = lr.unsqueeze(1), li.unsqueeze(1)
+        xr, xi, sr, si = _steps(b_re), _steps(b_im), _steps(s_re), _steps(s_im)
+        for t in _order(b_re.shape[1], reverse)[0]:
+            re = torch.addcmul(torch.addcmul(xr[t], wr, p_re), wi, p_im, value=-1.0, out=sr[t])
+            p_im = torch.addcmul(torch.addcmul(xi[t], wr, p_im), wi, p_re, out=si[t])
+            p_re = re
+        return s_re, s_im
+
+    @staticmethod
+    def backward(ctx: Any, ds_re: Tensor, ds_im: Tensor) -> tuple[Tensor | None, ...]:
+        s_re, s_im, lr, li = ctx.saved_tensors
+        compiled = native.usable(s_re, ds_re)
+        loop = _LRUScan.backward_loop if compiled is None else compiled.lru_backward
+        db_re, db_im, dlr, dli = loop(ds_re, ds_im, s_re, s_im, lr, li, ctx.reverse)
+        return dlr, dli, db_re, db_im, None
+
+    @staticmethod
+    def backward_loop(ds_re: Tensor, ds_im: Tensor, s_re: Tensor, s_im: Tensor, lr: Tensor, li: Tensor,
+                      reverse: bool) -> tuple[Tensor, ...]:
+        """The backward time loop in Python: d b (the carried gradient of s_t), then d lambda at once."""
+        db_re, db_im = torch.empty_like(s_re), torch.empty_like(s_im)
+        c_re, c_im = s_re.new_zeros(s_re[:, 0].shape), s_im.new_zeros(s_im[:, 0].shape)
+        wr, wi = lr.unsqueeze(1), li.unsqueeze(1)
+        gr, gi, dr, di = _steps(ds_re), _steps(ds_im), _steps(db_re), _steps(db_im)
+        for t in reversed(_order(s_re.shape[1], reverse)[0]):
+            g_re, g_im = torch.add(gr[t], c_re, out=dr[t]), torch.add(gi[t], c_im, out=di[t])
+            c_re = torch.addcmul(wr * g_re, wi, g_im)
+            c_im = torch.addcmul(wr * g_im, wi, g_re, value=-1.0)
+        p_re, p_im = _previous(s_re, reverse), _previous(s_im, reverse)
+        dlr = (db_re * p_re + db_im * p_im).sum(dim=(1, 2))
+        dli = (db_im * p_re - db_re * p_im).sum(dim=(1, 2))
+        return db_re, db_im, dlr, dli
+
+
+def lru_scan(lr: Tensor, li: Tensor, b_re: Tensor, b_im: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor]:
+    r"""The LRU's recurrence :math:`s_t = \lambda \odot s_{t-1} + b_t`, :math:`s_{-1} = 0`, in complex numbers held
+    as real pairs: :math:`\lambda` = ``lr`` + i ``li`` (K, N), constant in time; ``b_re``, ``b_im`` (K, T, B, N);
+    returns the real and imaginary parts of s (K, T, B, N)."""
+    return _LRUScan.apply(lr, li, b_re, b_im, reverse)

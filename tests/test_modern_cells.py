@@ -23,7 +23,7 @@ B, T, I, H = 3, 7, 4, 5
 TOL = {"rtol": 1e-9, "atol": 1e-11}
 PARALLEL = {"mingru": "log", "minlstm": "log", "lru": "chunked", "s6": "chunked"}
 """The parallel scan that ``scan=auto`` picks on an accelerator."""
-ON_CPU = {"mingru": "sequential", "minlstm": "sequential", "lru": None, "s6": None}
+ON_CPU = {"mingru": "sequential", "minlstm": "sequential", "lru": "sequential", "s6": None}
 """What ``scan=auto`` picks on the CPU: the compiled time loop of rnnbench.kernels, or None (the step loop)."""
 CASES = [
     ("mingru", {"scan": "log"}),
@@ -219,13 +219,13 @@ def test_layers_train_on_the_sequence_path_and_probe_on_the_steps() -> None:
 
 def autograd_nodes(out: Tensor) -> set[str]:
     """The names of every node in the autograd graph of ``out``."""
-    seen, todo = set(), [out.grad_fn]
+    nodes, todo = set(), [out.grad_fn]
     while todo:
         node = todo.pop()
-        if node is not None and node.name() not in seen:
-            seen.add(node.name())
+        if node is not None and node not in nodes:
+            nodes.add(node)
             todo.extend(fn for fn, _ in node.next_functions)
-    return seen
+    return {node.name() for node in nodes}
 
 
 def test_whole_sequence_paths_on_an_accelerator_and_on_the_cpu(monkeypatch) -> None:
@@ -238,15 +238,16 @@ def test_whole_sequence_paths_on_an_accelerator_and_on_the_cpu(monkeypatch) -> N
         if ON_CPU[name] is None:
             assert make(name).forward_sequence(x) is None, name  # the layer then runs the step loop
         else:
-            assert "_MinScanBackward" in autograd_nodes(make(name).forward_sequence(x)), name
+            kernel = "_LRUScanBackward" if name == "lru" else "_MinScanBackward"
+            assert kernel in autograd_nodes(make(name).forward_sequence(x)), name
         assert make(name, scan=parallel).forward_sequence(x).shape == (2, 3, H)
         assert resolve_scan("auto", torch.device("cuda"), parallel, ON_CPU[name]) == parallel
         assert resolve_scan("auto", torch.device("cpu"), parallel, ON_CPU[name]) == ON_CPU[name]
         assert resolve_scan("sequential", torch.device("cuda"), parallel) == "sequential"
     assert "_IndScanBackward" in autograd_nodes(make("indrnn").forward_sequence(x))  # rnnbench.kernels.indrnn
     assert "_SLSTMScanBackward" in autograd_nodes(make("slstm").forward_sequence(x))  # rnnbench.kernels.slstm
-    monkeypatch.setattr(native, "ops", lambda: None)  # no compiled loops: minGRU/minLSTM's step loop is faster
-    assert make("mingru").forward_sequence(x) is None and make("minlstm").forward_sequence(x) is None
+    monkeypatch.setattr(native, "ops", lambda: None)  # no compiled loops: their step loops are faster
+    assert all(make(name).forward_sequence(x) is None for name in ("mingru", "minlstm", "lru"))
     assert make("orthogonal_rnn").forward_sequence(x).shape == (2, 3, H)  # exp(A) once: faster everywhere
 
 

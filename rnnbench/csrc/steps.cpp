@@ -1,7 +1,7 @@
 // The time loops of rnnbench.kernels, compiled (rnnbench/native.py builds this file at first use): the LSTM
-// family, the GRUs, minGRU/minLSTM, IndRNN and sLSTM. Each function is the loop of the matching Python scan in
-// kernels.py, step for step: one GEMM per step through ATen (MKL or oneDNN) where the cell has a recurrent matrix,
-// and the gate arithmetic of every element in one pass of plain loops that the compiler vectorises, instead of
+// family, the GRUs, minGRU/minLSTM, IndRNN, sLSTM and the LRU. Each function is the loop of the matching Python
+// scan in kernels.py, step for step: one GEMM per step through ATen (MKL or oneDNN) where the cell has a recurrent
+// matrix, and the arithmetic of every element in one pass of plain loops that the compiler vectorises, instead of
 // about 20 ATen calls per step. Layouts and saved tensors are the Python scans' (K stacked weight sets, sequences
 // (K, T, B, F)), so either path's forward pairs with either path's backward.
 //
@@ -1016,6 +1016,111 @@ Tensor slstm_backward(const Tensor& dhs, const Tensor& cs, const Tensor& ns, con
   return dpre;
 }
 
+// ---- LRU: a diagonal complex linear recurrence, constant in time ------------------------------------------------
+// s_t = lambda s_{t-1} + b_t as real pairs; lambda (K, N) as (lr, li); b and s (K, T, B, N) each.
+template <typename T>
+RNNBENCH_INLINE void lru_forward_rows(int64_t T_, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li,
+                                      const T* b_re, const T* b_im, const T* prev_re, const T* prev_im,
+                                      const T* zero, T* s_re, T* s_im, int64_t t) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t k = r / B, b = r % B, at = ((k * T_ + t) * B + b) * N, back = (k * T_ * B + b) * N;
+    const T *__restrict wr = lr + k * N, *__restrict wi = li + k * N;
+    const T *__restrict xr = b_re + at, *__restrict xi = b_im + at;
+    const T *__restrict pr = prev_re ? prev_re + back : zero, *__restrict pi = prev_im ? prev_im + back : zero;
+    T *__restrict sr = s_re + at, *__restrict si = s_im + at;
+#pragma omp simd
+    for (int64_t j = 0; j < N; ++j) {
+      sr[j] = xr[j] + wr[j] * pr[j] - wi[j] * pi[j];
+      si[j] = xi[j] + wr[j] * pi[j] + wi[j] * pr[j];
+    }
+  }
+}
+
+// d b_t (= d s_t, the output gradient plus the carry) and the lambda gradient, summed.
+template <typename T>
+RNNBENCH_INLINE void lru_backward_rows(int64_t T_, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li,
+                                       const T* ds_re, const T* ds_im, const T* prev_re, const T* prev_im,
+                                       const T* zero, T* carry_re, T* carry_im, T* db_re, T* db_im, T* dlr, T* dli,
+                                       int64_t t) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t k = r / B, b = r % B, at = ((k * T_ + t) * B + b) * N, back = (k * T_ * B + b) * N;
+    const T *__restrict wr = lr + k * N, *__restrict wi = li + k * N;
+    const T *__restrict gr_out = ds_re + at, *__restrict gi_out = ds_im + at;
+    const T *__restrict pr = prev_re ? prev_re + back : zero, *__restrict pi = prev_im ? prev_im + back : zero;
+    T *__restrict cr = carry_re + r * N, *__restrict ci = carry_im + r * N;
+    T *__restrict dr = db_re + at, *__restrict di = db_im + at;
+    T *__restrict ar = dlr + k * N, *__restrict ai = dli + k * N;
+#pragma omp simd
+    for (int64_t j = 0; j < N; ++j) {
+      const T gr = gr_out[j] + cr[j], gi = gi_out[j] + ci[j];
+      dr[j] = gr; di[j] = gi;
+      ar[j] += gr * pr[j] + gi * pi[j];
+      ai[j] += gi * pr[j] - gr * pi[j];
+      cr[j] = wr[j] * gr + wi[j] * gi;
+      ci[j] = wr[j] * gi - wi[j] * gr;
+    }
+  }
+}
+
+#define P_LRU_FORWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li, const T* b_re, \
+                          const T* b_im, const T* prev_re, const T* prev_im, const T* zero, T* s_re, T* s_im, \
+                          int64_t t)
+#define A_LRU_FORWARD (T_, rows, B, N, lr, li, b_re, b_im, prev_re, prev_im, zero, s_re, s_im, t)
+#define P_LRU_BACKWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li, \
+                           const T* ds_re, const T* ds_im, const T* prev_re, const T* prev_im, const T* zero, \
+                           T* carry_re, T* carry_im, T* db_re, T* db_im, T* dlr, T* dli, int64_t t)
+#define A_LRU_BACKWARD (T_, rows, B, N, lr, li, ds_re, ds_im, prev_re, prev_im, zero, carry_re, carry_im, db_re, \
+                        db_im, dlr, dli, t)
+RNNBENCH_CLONED(lru_forward_rows, P_LRU_FORWARD, A_LRU_FORWARD)
+RNNBENCH_CLONED(lru_backward_rows, P_LRU_BACKWARD, A_LRU_BACKWARD)
+
+std::vector<Tensor> lru_forward(const Tensor& lr, const Tensor& li, const Tensor& b_re, const Tensor& b_im,
+                                bool reverse) {
+  check_cpu(b_re, "b_re");
+  check_cpu(b_im, "b_im");
+  const int64_t K = b_re.size(0), T = b_re.size(1), B = b_re.size(2), N = b_re.size(3);
+  Tensor s_re = at::empty_like(b_re), s_im = at::empty_like(b_im), wr = lr.contiguous(), wi = li.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(b_re.scalar_type(), "rnnbench_lru_forward", [&] {
+    std::vector<scalar_t> zero(N, scalar_t(0));
+    const scalar_t *xr = b_re.data_ptr<scalar_t>(), *xi = b_im.data_ptr<scalar_t>();
+    scalar_t *sr = s_re.data_ptr<scalar_t>(), *si = s_im.data_ptr<scalar_t>();
+    for (int64_t n = 0; n < T; ++n) {
+      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+      const bool first = n == 0;
+      lru_forward_rows_any(T, K * B, B, N, wr.data_ptr<scalar_t>(), wi.data_ptr<scalar_t>(), xr, xi,
+                           first ? nullptr : sr + prev * B * N, first ? nullptr : si + prev * B * N, zero.data(), sr,
+                           si, t);
+    }
+  });
+  return {s_re, s_im};
+}
+
+// Returns d b_re, d b_im (K, T, B, N), d lr, d li (K, N).
+std::vector<Tensor> lru_backward(const Tensor& ds_re, const Tensor& ds_im, const Tensor& s_re, const Tensor& s_im,
+                                 const Tensor& lr, const Tensor& li, bool reverse) {
+  check_cpu(s_re, "s_re");
+  const int64_t K = s_re.size(0), T = s_re.size(1), B = s_re.size(2), N = s_re.size(3);
+  auto opt = s_re.options();
+  Tensor gr = ds_re.contiguous(), gi = ds_im.contiguous(), wr = lr.contiguous(), wi = li.contiguous();
+  Tensor db_re = at::empty_like(s_re), db_im = at::empty_like(s_im);
+  Tensor carry_re = at::zeros({K, B, N}, opt), carry_im = at::zeros({K, B, N}, opt);
+  Tensor dlr = at::zeros({K, N}, opt), dli = at::zeros({K, N}, opt);
+  AT_DISPATCH_FLOATING_TYPES(s_re.scalar_type(), "rnnbench_lru_backward", [&] {
+    std::vector<scalar_t> zero(N, scalar_t(0));
+    const scalar_t *sr = s_re.data_ptr<scalar_t>(), *si = s_im.data_ptr<scalar_t>();
+    for (int64_t n = T - 1; n >= 0; --n) {
+      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+      const bool first = n == 0;
+      lru_backward_rows_any(T, K * B, B, N, wr.data_ptr<scalar_t>(), wi.data_ptr<scalar_t>(),
+                            gr.data_ptr<scalar_t>(), gi.data_ptr<scalar_t>(), first ? nullptr : sr + prev * B * N,
+                            first ? nullptr : si + prev * B * N, zero.data(), carry_re.data_ptr<scalar_t>(),
+                            carry_im.data_ptr<scalar_t>(), db_re.data_ptr<scalar_t>(), db_im.data_ptr<scalar_t>(),
+                            dlr.data_ptr<scalar_t>(), dli.data_ptr<scalar_t>(), t);
+    }
+  });
+  return {db_re, db_im, dlr, dli};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(rnnbench, m) {
@@ -1036,4 +1141,7 @@ TORCH_LIBRARY(rnnbench, m) {
   m.def("slstm_forward(Tensor xp, Tensor whh, bool exp_forget, bool reverse) -> Tensor[]", &slstm_forward);
   m.def("slstm_backward(Tensor dhs, Tensor cs, Tensor ns, Tensor acts, Tensor whh, bool reverse) -> Tensor",
         &slstm_backward);
+  m.def("lru_forward(Tensor lr, Tensor li, Tensor b_re, Tensor b_im, bool reverse) -> Tensor[]", &lru_forward);
+  m.def("lru_backward(Tensor ds_re, Tensor ds_im, Tensor s_re, Tensor s_im, Tensor lr, Tensor li, bool reverse) -> "
+        "Tensor[]", &lru_backward);
 }

@@ -18,11 +18,11 @@ with plain torch operations (autograd, ``torch.func.vmap`` and the meta device a
   (running product of ``a`` within the chunk, exp of a cumulative sum) x carried state, in one operation.
   About 2 sqrt(T) sequential elementwise steps instead of T, exact to rounding in any dtype (no division; the
   cumulative sums of ``log a`` stay within one chunk).
-- :func:`sequential_scan`: the plain time loop on the precomputed coefficients (T sequential steps).
 
 The parallel scans pay off where per-operation overhead dominates (a GPU); on a CPU, where every operation on a
-whole (B, T, ...) tensor streams it through memory, the step loop (its (B, ...) slices stay in cache) measured
-faster (``benchmarks/results/modern_cells.md``): hence ``scan=auto`` (:func:`resolve_scan`).
+whole (B, T, ...) tensor streams it through memory, a time loop (its (B, ...) slices stay in cache) measured
+faster (``benchmarks/results/modern_cells.md``): the compiled time loops of :mod:`rnnbench.kernels` where a cell
+has one, else the step loop. Hence ``scan=auto`` (:func:`resolve_scan`).
 """
 
 from __future__ import annotations
@@ -40,19 +40,6 @@ def log_space_scan(log_a: Tensor, log_b: Tensor) -> Tensor:
     """``h`` (B, T, ...) of ``h_t = a_t h_{t-1} + b_t``, ``h_{-1} = 0``, from ``log a`` and ``log b`` (same shape)."""
     a_star = torch.cumsum(log_a, dim=1)
     return torch.exp(a_star + torch.logcumsumexp(log_b - a_star, dim=1))
-
-
-def sequential_scan(log_a: Tensor, b: Tensor) -> Tensor:
-    """The same recurrence as :func:`chunked_scan`, one step at a time (T sequential elementwise steps on
-    (B, ...) slices, which stay in cache: on a CPU often the fastest)."""
-    a = torch.exp(log_a)
-    a_steps = [a[:, 0]] * b.shape[1] if a.shape[1] == 1 else a.unbind(1)
-    h = torch.zeros_like(b[:, 0])
-    out: list[Tensor] = []
-    for a_t, b_t in zip(a_steps, b.unbind(1)):
-        h = torch.addcmul(b_t, a_t, h)  # from the zero state, as the step path (a reaches the graph at T = 1)
-        out.append(h)
-    return torch.stack(out, dim=1)
 
 
 SCANS = ("auto", "chunked", "sequential")

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnbench import CellConfig, CellSpec, ConfigError, RecurrentCell, State, hookimpl
-from rnnbench.plugins._common import MAX_SIZE, SCANS, chunked_scan, resolve_scan, sequential_scan
+from rnnbench import CellConfig, CellSpec, ConfigError, RecurrentCell, State, hookimpl, kernels
+from rnnbench.plugins._common import MAX_SIZE, SCANS, chunked_scan, resolve_scan
 from rnnbench.validation import choice, number, positive_int
 
 
@@ -37,8 +37,9 @@ class LRUConfig(CellConfig):
     output_activation: str = "identity"
     """Applied to y: identity (the paper's LRU layer, linear), gelu or tanh (a minimal nonlinear block)."""
     scan: str = "auto"
-    """The whole-sequence algorithm: chunked (two-level parallel scan), sequential (a time loop), or auto:
-    chunked on an accelerator, the step loop on the CPU (measured faster there)."""
+    """The whole-sequence algorithm: chunked (two-level parallel scan), sequential (the time loop of
+    rnnbench.kernels, compiled on the CPU), or auto: chunked on an accelerator, sequential on the CPU (the step
+    loop where the time loops could not be compiled)."""
 
 
 class LRUCell(RecurrentCell):
@@ -64,9 +65,10 @@ class LRUCell(RecurrentCell):
 
     State: the complex s_t carried as the real pair ``(s_re, s_im)``, each (B, N); output h_t = y_t (B, H).
     Parameters: ``nu_log``, ``theta_log``, ``gamma_log`` (N,); ``B_re``, ``B_im`` (N, I); ``C_re``, ``C_im`` (H, N);
-    ``D`` (H, I). :meth:`forward_sequence`: the recurrence by :func:`rnnbench.plugins._common.chunked_scan` in
-    complex arithmetic (lambda constant in time; ``scan=sequential``: a time loop; ``scan=auto``: chunked on an
-    accelerator, none on the CPU), then one matmul for all y_t.
+    ``D`` (H, I). :meth:`forward_sequence`: the input projections of every step in one matmul, the recurrence by
+    :func:`rnnbench.plugins._common.chunked_scan` in complex arithmetic (``scan=chunked``; lambda constant in
+    time) or by :func:`rnnbench.kernels.lru_scan` (``scan=sequential``, also :meth:`stacked_sequence`), then one
+    matmul for all y_t; ``scan=auto``: chunked on an accelerator, sequential on the CPU.
     """
 
     def __init__(
@@ -137,14 +139,27 @@ class LRUCell(RecurrentCell):
         return self.activation(y), (s_re, s_im)
 
     def forward_sequence(self, x: Tensor) -> Tensor | None:
-        scan = resolve_scan(self.scan, x.device, "chunked")
+        scan = resolve_scan(self.scan, x.device, "chunked", cpu="sequential" if kernels.compiled_loops(x) else None)
         if scan is None:
             return None
+        if scan == "sequential":
+            return super().forward_sequence(x)  # stacked_sequence with K = 1
         log_lam = torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log))  # (N,): log lambda
         gamma = torch.exp(self.gamma_log)
         bx = torch.complex(F.linear(x, self.B_re), F.linear(x, self.B_im)) * gamma  # (B, T, N)
-        s = (chunked_scan if scan == "chunked" else sequential_scan)(log_lam.view(1, 1, -1), bx)  # (B, T, N)
+        s = chunked_scan(log_lam.view(1, 1, -1), bx)  # (B, T, N)
         y = F.linear(s.real, self.C_re) - F.linear(s.imag, self.C_im) + F.linear(x, self.D)
+        return self.activation(y)
+
+    def stacked_sequence(self, params: dict[str, Tensor], x: Tensor, reverse: bool = False) -> Tensor:
+        """:func:`rnnbench.kernels.lru_scan` between the input and output projections (each one GEMM)."""
+        modulus, phase = torch.exp(-torch.exp(params["nu_log"])), torch.exp(params["theta_log"])  # (K, N)
+        gamma = torch.exp(params["gamma_log"]).unsqueeze(1).unsqueeze(1)
+        b_re = kernels.input_projection(x, params["B_re"]) * gamma
+        b_im = kernels.input_projection(x, params["B_im"]) * gamma
+        s_re, s_im = kernels.lru_scan(modulus * torch.cos(phase), modulus * torch.sin(phase), b_re, b_im, reverse)
+        y = (kernels.input_projection(s_re, params["C_re"]) - kernels.input_projection(s_im, params["C_im"])
+             + kernels.input_projection(x, params["D"]))
         return self.activation(y)
 
     def recurrent_weights(self) -> dict[str, Tensor]:
