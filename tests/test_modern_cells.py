@@ -247,7 +247,8 @@ def test_whole_sequence_paths_on_an_accelerator_and_on_the_cpu(monkeypatch) -> N
     assert "_IndScanBackward" in autograd_nodes(make("indrnn").forward_sequence(x))  # rnnbench.kernels.indrnn
     assert "_SLSTMScanBackward" in autograd_nodes(make("slstm").forward_sequence(x))  # rnnbench.kernels.slstm
     monkeypatch.setattr(native, "ops", lambda: None)  # no compiled loops: their step loops are faster
-    assert all(make(name).forward_sequence(x) is None for name in ("mingru", "minlstm", "lru"))
+    assert all(make(name).forward_sequence(x) is None for name in ("mingru", "minlstm"))
+    assert "_LRUScanBackward" in autograd_nodes(make("lru").forward_sequence(x))  # its Python loop beats the steps
     assert make("orthogonal_rnn").forward_sequence(x).shape == (2, 3, H)  # exp(A) once: faster everywhere
 
 
