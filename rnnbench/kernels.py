@@ -21,6 +21,7 @@ the step loop costs about three times as many operator calls.
   only its own previous value), so a step is elementwise work alone.
 - :func:`slstm`: xLSTM's sLSTM (exponential input gate, normaliser and stabiliser states), one head.
 - :func:`lru_scan`: the LRU's diagonal complex recurrence (constant in time), as real pairs.
+- :func:`s6_scan`: Mamba's selective scan (input-dependent decay and input of an N-state per channel).
 
 Each is tested equal, in float64 values and gradients, to autograd through the cell's step (``tests/test_kernels.py``).
 """
@@ -798,3 +799,68 @@ def lru_scan(lr: Tensor, li: Tensor, b_re: Tensor, b_im: Tensor, reverse: bool =
     as real pairs: :math:`\lambda` = ``lr`` + i ``li`` (K, N), constant in time; ``b_re``, ``b_im`` (K, T, B, N);
     returns the real and imaginary parts of s (K, T, B, N)."""
     return _LRUScan.apply(lr, li, b_re, b_im, reverse)
+
+
+class _S6Scan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, u: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, C: Tensor, reverse: bool) -> Tensor:
+        inputs = [t.contiguous() for t in (u, dt, A, Bm, C)]
+        compiled = native.usable(*inputs)
+        ys, ss = (_S6Scan.loop if compiled is None else compiled.s6_forward)(*inputs, reverse)
+        ctx.save_for_backward(*inputs, ss)
+        ctx.reverse = reverse
+        return ys
+
+    @staticmethod
+    def loop(u: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, C: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:
+        """The forward time loop in Python: ys (K, T, B, H), the states (K, T, B, N, H)."""
+        K, T, B, H = u.shape
+        ss = u.new_empty(K, T, B, A.shape[-1], H)
+        s = u.new_zeros(K, B, A.shape[-1], H)
+        decay = torch.exp(dt.unsqueeze(-2) * _s6_a(A))  # (K, T, B, N, H)
+        drive = Bm.unsqueeze(-1) * (dt * u).unsqueeze(-2)
+        a_steps, b_steps, s_steps = _steps(decay), _steps(drive), _steps(ss)
+        for t in _order(T, reverse)[0]:
+            s = torch.addcmul(b_steps[t], a_steps[t], s, out=s_steps[t])
+        return (ss * C.unsqueeze(-1)).sum(-2), ss
+
+    @staticmethod
+    def backward(ctx: Any, dys: Tensor) -> tuple[Tensor | None, ...]:
+        *inputs, ss = ctx.saved_tensors
+        compiled = native.usable(ss, dys)
+        loop = _S6Scan.backward_loop if compiled is None else compiled.s6_backward
+        du, ddt, dB, dC, dA = loop(dys, *inputs, ss, ctx.reverse)
+        return du, ddt, dA, dB, dC, None
+
+    @staticmethod
+    def backward_loop(dys: Tensor, u: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, C: Tensor, ss: Tensor,
+                      reverse: bool) -> tuple[Tensor, ...]:
+        """The backward in Python: the gradient carried through the states (one addcmul per step), then every
+        input's gradient at once."""
+        a = _s6_a(A)
+        decay = torch.exp(dt.unsqueeze(-2) * a)
+        g = C.unsqueeze(-1) * dys.unsqueeze(-2)  # d s_t from y_t, (K, T, B, N, H); the carried part is added below
+        carry = torch.zeros_like(g[:, 0])
+        g_steps, a_steps = _steps(g), _steps(decay)
+        for t in reversed(_order(u.shape[1], reverse)[0]):
+            carry = a_steps[t] * g_steps[t].add_(carry)
+        dlog = g * _previous(ss, reverse) * decay  # d (dt A)
+        dtu = (g * Bm.unsqueeze(-1)).sum(-2)
+        dA = (dlog * dt.unsqueeze(-2)).sum(dim=(1, 2)).transpose(1, 2)
+        ddt = (dlog * a).sum(-2) + dtu * u
+        dB = (g * (dt * u).unsqueeze(-2)).sum(-1)
+        dC = (ss * dys.unsqueeze(-2)).sum(-1)
+        return dtu * dt, ddt, dB, dC, dA
+
+
+def _s6_a(A: Tensor) -> Tensor:
+    """A (K, H, N) as it multiplies the states (K, T, B, N, H): (K, 1, 1, N, H)."""
+    return A.transpose(1, 2).unsqueeze(1).unsqueeze(1)
+
+
+def s6_scan(u: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, C: Tensor, reverse: bool = False) -> Tensor:
+    r"""Mamba's selective scan (S6) without the skip term: for every channel h a state :math:`s_{t,h} \in
+    \mathbb{R}^N`, :math:`s_t = \exp(\Delta_t A) \odot s_{t-1} + (\Delta_t u_t) B_t`, :math:`s_{-1} = 0`, and
+    :math:`y_{t,h} = s_{t,h} \cdot C_t`. ``u``, ``dt`` (K, T, B, H); ``A`` (K, H, N); ``Bm``, ``C`` (K, T, B, N);
+    returns y (K, T, B, H). The states of every step are kept for the backward pass (K x T x B x N x H)."""
+    return _S6Scan.apply(u, dt, A, Bm, C, reverse)

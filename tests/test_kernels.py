@@ -1,6 +1,6 @@
 """The hand-written backward-through-time kernels (rnnbench.kernels) equal autograd through the step loop, in
 float64, values and gradients: every LSTM flag combination, every Elman activation, both GRUs, minGRU, minLSTM,
-IndRNN, sLSTM and the LRU, both directions, one model and K stacked models; every kernel but Elman's with its compiled time loops
+IndRNN, sLSTM, the LRU and S6, both directions, one model and K stacked models; every kernel but Elman's with its compiled time loops
 (rnnbench.native) and with the Python ones."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from rnnbench.plugins.lru import LRUCell
 from rnnbench.plugins.lstm import ACTIVATIONS, LSTMCell
 from rnnbench.plugins.mingru import MinGRUCell, MinLSTMCell
 from rnnbench.plugins.rnn import RNNCell
+from rnnbench.plugins.selective_ssm import S6Cell
 from rnnbench.plugins.slstm import SLSTMCell
 
 I, H, B, T = 3, 4, 5, 7
@@ -114,8 +115,9 @@ def test_lstm_kernel_equals_the_step_for_every_flag_combination(flags, reverse, 
     lambda: IndRNNCell(I, H, horizon=3), lambda: IndRNNCell(I, H, "tanh", horizon=3, clip_recurrent=False),
     lambda: SLSTMCell(I, H), lambda: SLSTMCell(I, H, forget_gate="exp"),
     lambda: LRUCell(I, H, scan="sequential"), lambda: LRUCell(I, H, state_size=3, output_activation="tanh"),
+    lambda: S6Cell(I, H), lambda: S6Cell(I, H, d_state=3, dt_rank=2, scan="sequential"),
 ], ids=["rnn_tanh", "rnn_relu", "rnn_sigmoid", "gru", "gru_cho2014", "lstm", "lstm_fgr", "cifg_noaf", "mingru",
-        "minlstm", "indrnn_relu", "indrnn_tanh", "slstm", "slstm_exp", "lru", "lru_n3_tanh"])
+        "minlstm", "indrnn_relu", "indrnn_tanh", "slstm", "slstm_exp", "lru", "lru_n3_tanh", "s6", "s6_n3"])
 def test_kernels_in_both_directions_and_any_length(make, reverse, steps, loops):
     cell = perturbed(make(), seed=4)
     assert_paths_equal(cell, reverse=reverse, steps=steps)
@@ -125,8 +127,8 @@ def test_kernels_in_both_directions_and_any_length(make, reverse, steps, loops):
 @pytest.mark.parametrize("make", [lambda: RNNCell(I, H, "sigmoid"), lambda: GRUCho2014Cell(I, H),
                                   lambda: LSTMCell(I, H, peepholes=True, full_gate_recurrence=True),
                                   lambda: MinLSTMCell(I, H), lambda: IndRNNCell(I, H, horizon=3),
-                                  lambda: SLSTMCell(I, H), lambda: LRUCell(I, H)],
-                         ids=["rnn_sigmoid", "gru_cho2014", "lstm_fgr", "minlstm", "indrnn", "slstm", "lru"])
+                                  lambda: SLSTMCell(I, H), lambda: LRUCell(I, H), lambda: S6Cell(I, H, d_state=3)],
+                         ids=["rnn_sigmoid", "gru_cho2014", "lstm_fgr", "minlstm", "indrnn", "slstm", "lru", "s6"])
 def test_stacked_models_each_equal_their_own_run(make, loops):
     """K = 3 models with different weights through stacked_sequence: each member's outputs and gradients are
     those of its own model alone (no mixing across the K dimension)."""

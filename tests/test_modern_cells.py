@@ -23,8 +23,9 @@ B, T, I, H = 3, 7, 4, 5
 TOL = {"rtol": 1e-9, "atol": 1e-11}
 PARALLEL = {"mingru": "log", "minlstm": "log", "lru": "chunked", "s6": "chunked"}
 """The parallel scan that ``scan=auto`` picks on an accelerator."""
-ON_CPU = {"mingru": "sequential", "minlstm": "sequential", "lru": "sequential", "s6": None}
-"""What ``scan=auto`` picks on the CPU: the compiled time loop of rnnbench.kernels, or None (the step loop)."""
+KERNELS = {"mingru": "_MinScanBackward", "minlstm": "_MinScanBackward", "lru": "_LRUScanBackward",
+           "s6": "_S6ScanBackward", "indrnn": "_IndScanBackward", "slstm": "_SLSTMScanBackward"}
+"""The rnnbench.kernels function each cell's CPU path runs, by its autograd node."""
 CASES = [
     ("mingru", {"scan": "log"}),
     ("mingru", {"scan": "chunked"}),
@@ -229,27 +230,26 @@ def autograd_nodes(out: Tensor) -> set[str]:
 
 
 def test_whole_sequence_paths_on_an_accelerator_and_on_the_cpu(monkeypatch) -> None:
+    """scan=auto: the parallel scan on an accelerator, the time loop of rnnbench.kernels on the CPU; the other
+    modern cells take their kernel everywhere (orthogonal_rnn: its own hoisted loop)."""
     from rnnbench import native
     from rnnbench.plugins._common import resolve_scan
 
     x = torch.zeros(2, 3, I)
     for name, parallel in PARALLEL.items():
         assert config_defaults(REGISTRY.cell(name).config)["scan"] == "auto"
-        if ON_CPU[name] is None:
-            assert make(name).forward_sequence(x) is None, name  # the layer then runs the step loop
-        else:
-            kernel = "_LRUScanBackward" if name == "lru" else "_MinScanBackward"
-            assert kernel in autograd_nodes(make(name).forward_sequence(x)), name
+        assert KERNELS[name] in autograd_nodes(make(name).forward_sequence(x)), name
         assert make(name, scan=parallel).forward_sequence(x).shape == (2, 3, H)
-        assert resolve_scan("auto", torch.device("cuda"), parallel, ON_CPU[name]) == parallel
-        assert resolve_scan("auto", torch.device("cpu"), parallel, ON_CPU[name]) == ON_CPU[name]
+        assert resolve_scan("auto", torch.device("cuda"), parallel, "sequential") == parallel
+        assert resolve_scan("auto", torch.device("cpu"), parallel, "sequential") == "sequential"
         assert resolve_scan("sequential", torch.device("cuda"), parallel) == "sequential"
-    assert "_IndScanBackward" in autograd_nodes(make("indrnn").forward_sequence(x))  # rnnbench.kernels.indrnn
-    assert "_SLSTMScanBackward" in autograd_nodes(make("slstm").forward_sequence(x))  # rnnbench.kernels.slstm
-    monkeypatch.setattr(native, "ops", lambda: None)  # no compiled loops: their step loops are faster
-    assert all(make(name).forward_sequence(x) is None for name in ("mingru", "minlstm"))
-    assert "_LRUScanBackward" in autograd_nodes(make("lru").forward_sequence(x))  # its Python loop beats the steps
+    for name in ("indrnn", "slstm"):
+        assert KERNELS[name] in autograd_nodes(make(name).forward_sequence(x)), name
     assert make("orthogonal_rnn").forward_sequence(x).shape == (2, 3, H)  # exp(A) once: faster everywhere
+    monkeypatch.setattr(native, "ops", lambda: None)  # no compiled loops: minGRU/minLSTM's step loops are faster
+    assert make("mingru").forward_sequence(x) is None and make("minlstm").forward_sequence(x) is None
+    for name in ("lru", "s6", "indrnn", "slstm"):  # their kernels' Python loops measured faster than the steps
+        assert KERNELS[name] in autograd_nodes(make(name).forward_sequence(x)), name
 
 
 # --- what each cell's paper specifies ---------------------------------------------------------------------------

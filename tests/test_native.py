@@ -43,7 +43,7 @@ def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("K,H", [(1, 256), (2, 256), (1, 16)], ids=["onednn", "stacked", "small"])
 @pytest.mark.parametrize("kind", ["lstm_peephole_fgr", "gru", "gru_cho", "mingru", "minlstm", "indrnn", "slstm",
-                                  "slstm_exp", "lru"])
+                                  "slstm_exp", "lru", "s6"])
 def test_float32_matches_the_python_loops(kind, K, H, monkeypatch):
     """float32 at sizes where one weight set takes oneDNN's matmul (K = 1, hidden 256), stacked sets take
     bmm, and small rows end in the vector loops' remainders: within float32 rounding of the Python loops."""
@@ -70,6 +70,11 @@ def test_float32_matches_the_python_loops(kind, K, H, monkeypatch):
         phase = rand(K, H)
         args = (0.99 * torch.cos(phase), 0.99 * torch.sin(phase), rand(K, T, B, H), rand(K, T, B, H))
         run = lambda *a: torch.cat(kernels.lru_scan(*a), dim=-1)  # noqa: E731
+    elif kind == "s6":
+        N = 8
+        args = (rand(K, T, B, H), torch.rand(K, T, B, H, generator=g) * 0.2, -torch.rand(K, H, N, generator=g) * 4,
+                rand(K, T, B, N), rand(K, T, B, N))
+        run = kernels.s6_scan
     elif kind == "indrnn":
         args = (rand(K, T, B, H), rand(K, H))
         run = kernels.indrnn
@@ -243,7 +248,8 @@ def test_every_float_pass_is_built_for_three_cpu_levels_and_vectorised():
         "lstm_forward_step_f", "lstm_backward_step_f", "gru_forward_rows_f", "gru_backward_rows_f",
         "cho_gates_rows_f", "cho_state_rows_f", "cho_dn_rows_f", "cho_drz_rows_f", "min_forward_rows_f",
         "min_backward_rows_f", "ind_forward_rows_f", "ind_backward_rows_f", "slstm_forward_rows_f",
-        "slstm_backward_rows_f", "lru_forward_rows_f", "lru_backward_rows_f"}
+        "slstm_backward_rows_f", "lru_forward_rows_f", "lru_backward_rows_f",
+        "s6_forward_rows_f", "s6_backward_rows_f"}
     code = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", str(library)], capture_output=True,
                           text=True, check=True).stdout
     bodies = {header: body for header, body in re.findall(r"\n[0-9a-f]+ <(.+?)>:\n(.*?)(?=\n\n)", code, re.S)}

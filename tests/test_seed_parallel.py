@@ -104,7 +104,8 @@ def assert_same_run(batched: tuple[RunResult, NullTracker], separate: tuple[RunR
         ("slstm", False, "kernel", ("model.num_layers=2", "model.bidirectional=true", "task=copy",
                                     "task.dependency_length=5")),
         ("lru", False, "kernel", ()),
-        ("s6", False, "vmap", ()),  # no stacked path: auto takes vmap
+        ("s6", False, "kernel", ()),
+        ("orthogonal_rnn", False, "vmap", ()),  # no stacked path: auto takes vmap
         ("lstm", True, "kernel", ("model.num_layers=2", "model.bidirectional=true", "task=copy",
                                   "task.dependency_length=5")),
         ("gru", True, "kernel", ("task.variant=pascanu2013", "task.dependency_length=20")),  # lengths vary
@@ -115,7 +116,7 @@ def test_batched_equals_separate_runs(compose, registry, cell, fused, path, over
         compose, registry, f"cell={cell}", f"model.fused={str(fused).lower()}", *overrides)
     models = build_seed_models(spec, cell_kwargs, task, SEEDS, cfg.model.hidden_size, fused=fused, **model_kwargs)
     assert StackedPopulation(spec, cell_kwargs, task, copy.deepcopy(models), 8, **model_kwargs).path == (
-        "vmap" if cell == "s6" else "kernel")  # auto: the kernel wherever the cell has a stacked path
+        "vmap" if cell == "orthogonal_rnn" else "kernel")  # auto: the kernel wherever the cell has a stacked path
     separate = separate_runs(cfg, spec, cell_kwargs, task, copy.deepcopy(models))
     batched = batched_run(cfg, spec, cell_kwargs, task, model_kwargs, path)
     for k in range(len(SEEDS)):

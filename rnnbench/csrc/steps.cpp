@@ -1,5 +1,5 @@
 // The time loops of rnnbench.kernels, compiled (rnnbench/native.py builds this file at first use): the LSTM
-// family, the GRUs, minGRU/minLSTM, IndRNN, sLSTM and the LRU. Each function is the loop of the matching Python
+// family, the GRUs, minGRU/minLSTM, IndRNN, sLSTM, the LRU and S6. Each function is the loop of the matching Python
 // scan in kernels.py, step for step: one GEMM per step through ATen (MKL or oneDNN) where the cell has a recurrent
 // matrix, and the arithmetic of every element in one pass of plain loops that the compiler vectorises, instead of
 // about 20 ATen calls per step. Layouts and saved tensors are the Python scans' (K stacked weight sets, sequences
@@ -1121,6 +1121,128 @@ std::vector<Tensor> lru_backward(const Tensor& ds_re, const Tensor& ds_im, const
   return {db_re, db_im, dlr, dli};
 }
 
+// ---- S6 (Mamba's selective SSM): s_t = exp(dt_t A) s_{t-1} + (dt_t u_t) B_t, y_t = s_t C_t -----------------------
+// Per channel h a state of N; u, dt (K, T, B, H); Bm, C (K, T, B, N); A as (K, N, H); the states (K, T, B, N, H),
+// saved. The element loops run over the H channels (N is small: 8 or 16), n outside.
+template <typename T>
+RNNBENCH_INLINE void s6_forward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t N, const T* u,
+                                     const T* dt, const T* A, const T* Bm, const T* C, const T* prev, const T* zero,
+                                     T* ss, T* ys, int64_t t) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b, back = (k * T_ * B + b) * N * H;
+    const T *__restrict ur = u + at * H, *__restrict d = dt + at * H;
+    T* __restrict y = ys + at * H;
+    for (int64_t h = 0; h < H; ++h) y[h] = T(0);
+    for (int64_t n = 0; n < N; ++n) {
+      const T bn = Bm[at * N + n], cn = C[at * N + n];
+      const T* __restrict a = A + (k * N + n) * H;
+      const T* __restrict p = prev ? prev + back + n * H : zero;
+      T* __restrict s = ss + (at * N + n) * H;
+#pragma omp simd
+      for (int64_t h = 0; h < H; ++h) {
+        const T v = exp_(d[h] * a[h]) * p[h] + d[h] * ur[h] * bn;
+        s[h] = v;
+        y[h] += v * cn;
+      }
+    }
+  }
+}
+
+// du and ddt hold the sums over n (of g B and of d(dt A) A) until the row's last n, then the gradients.
+template <typename T>
+RNNBENCH_INLINE void s6_backward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t N, const T* u,
+                                      const T* dt, const T* A, const T* Bm, const T* C, const T* ss, const T* prev,
+                                      const T* zero, const T* dys, T* dS, T* du, T* ddt, T* dB, T* dC, T* dA,
+                                      int64_t t) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b, back = (k * T_ * B + b) * N * H;
+    const T *__restrict ur = u + at * H, *__restrict d = dt + at * H, *__restrict dy = dys + at * H;
+    T *__restrict sum_gb = du + at * H, *__restrict sum_da = ddt + at * H;
+    for (int64_t h = 0; h < H; ++h) { sum_gb[h] = T(0); sum_da[h] = T(0); }
+    for (int64_t n = 0; n < N; ++n) {
+      const T bn = Bm[at * N + n], cn = C[at * N + n];
+      const T* __restrict a = A + (k * N + n) * H;
+      const T* __restrict s = ss + (at * N + n) * H;
+      const T* __restrict p = prev ? prev + back + n * H : zero;
+      T* __restrict g_carry = dS + (r * N + n) * H;
+      T* __restrict acc_a = dA + (k * N + n) * H;
+      T db = T(0), dc = T(0);
+#pragma omp simd reduction(+ : db, dc)
+      for (int64_t h = 0; h < H; ++h) {
+        const T decay = exp_(d[h] * a[h]);
+        const T g = g_carry[h] + dy[h] * cn;
+        dc += dy[h] * s[h];
+        db += g * d[h] * ur[h];
+        sum_gb[h] += g * bn;
+        const T dlog = g * p[h] * decay;  // d (dt A[n, h])
+        sum_da[h] += dlog * a[h];
+        acc_a[h] += dlog * d[h];
+        g_carry[h] = g * decay;
+      }
+      dB[at * N + n] = db;
+      dC[at * N + n] = dc;
+    }
+#pragma omp simd
+    for (int64_t h = 0; h < H; ++h) {
+      const T gb = sum_gb[h];
+      sum_da[h] += gb * ur[h];  // ddt
+      sum_gb[h] = gb * d[h];    // du
+    }
+  }
+}
+
+#define P_S6_FORWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t N, const T* u, const T* dt, \
+                         const T* A, const T* Bm, const T* C, const T* prev, const T* zero, T* ss, T* ys, int64_t t)
+#define A_S6_FORWARD (T_, rows, B, H, N, u, dt, A, Bm, C, prev, zero, ss, ys, t)
+#define P_S6_BACKWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t N, const T* u, const T* dt, \
+                          const T* A, const T* Bm, const T* C, const T* ss, const T* prev, const T* zero, \
+                          const T* dys, T* dS, T* du, T* ddt, T* dB, T* dC, T* dA, int64_t t)
+#define A_S6_BACKWARD (T_, rows, B, H, N, u, dt, A, Bm, C, ss, prev, zero, dys, dS, du, ddt, dB, dC, dA, t)
+RNNBENCH_CLONED(s6_forward_rows, P_S6_FORWARD, A_S6_FORWARD)
+RNNBENCH_CLONED(s6_backward_rows, P_S6_BACKWARD, A_S6_BACKWARD)
+
+// Returns ys (K, T, B, H) and the states (K, T, B, N, H).
+std::vector<Tensor> s6_forward(const Tensor& u, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& C,
+                               bool reverse) {
+  for (const Tensor* x : {&u, &dt, &A, &Bm, &C}) check_cpu(*x, "s6 inputs");
+  const int64_t K = u.size(0), T = u.size(1), B = u.size(2), H = u.size(3), N = A.size(2);
+  Tensor ys = at::empty_like(u), ss = at::empty({K, T, B, N, H}, u.options()), a_nh = A.transpose(1, 2).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "rnnbench_s6_forward", [&] {
+    std::vector<scalar_t> zero(H, scalar_t(0));
+    scalar_t *s = ss.data_ptr<scalar_t>(), *y = ys.data_ptr<scalar_t>();
+    for (int64_t n = 0; n < T; ++n) {
+      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+      s6_forward_rows_any(T, K * B, B, H, N, u.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(), a_nh.data_ptr<scalar_t>(),
+                          Bm.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), n == 0 ? nullptr : s + prev * B * H * N,
+                          zero.data(), s, y, t);
+    }
+  });
+  return {ys, ss};
+}
+
+// Returns du, ddt (K, T, B, H), dB, dC (K, T, B, N), dA (K, H, N).
+std::vector<Tensor> s6_backward(const Tensor& dys, const Tensor& u, const Tensor& dt, const Tensor& A, const Tensor& Bm,
+                                const Tensor& C, const Tensor& ss, bool reverse) {
+  for (const Tensor* x : {&u, &dt, &A, &Bm, &C, &ss}) check_cpu(*x, "s6 inputs");
+  const int64_t K = u.size(0), T = u.size(1), B = u.size(2), H = u.size(3), N = A.size(2);
+  Tensor dy = dys.contiguous(), du = at::empty_like(u), ddt = at::empty_like(u), dB = at::empty_like(Bm);
+  Tensor dC = at::empty_like(C), dA = at::zeros({K, N, H}, u.options()), dS = at::zeros({K, B, N, H}, u.options());
+  Tensor a_nh = A.transpose(1, 2).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "rnnbench_s6_backward", [&] {
+    std::vector<scalar_t> zero(H, scalar_t(0));
+    const scalar_t* s = ss.data_ptr<scalar_t>();
+    for (int64_t n = T - 1; n >= 0; --n) {
+      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+      s6_backward_rows_any(T, K * B, B, H, N, u.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(), a_nh.data_ptr<scalar_t>(),
+                           Bm.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), s, n == 0 ? nullptr : s + prev * B * H * N,
+                           zero.data(), dy.data_ptr<scalar_t>(), dS.data_ptr<scalar_t>(), du.data_ptr<scalar_t>(),
+                           ddt.data_ptr<scalar_t>(), dB.data_ptr<scalar_t>(), dC.data_ptr<scalar_t>(),
+                           dA.data_ptr<scalar_t>(), t);
+    }
+  });
+  return {du, ddt, dB, dC, dA.transpose(1, 2).contiguous()};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(rnnbench, m) {
@@ -1144,4 +1266,7 @@ TORCH_LIBRARY(rnnbench, m) {
   m.def("lru_forward(Tensor lr, Tensor li, Tensor b_re, Tensor b_im, bool reverse) -> Tensor[]", &lru_forward);
   m.def("lru_backward(Tensor ds_re, Tensor ds_im, Tensor s_re, Tensor s_im, Tensor lr, Tensor li, bool reverse) -> "
         "Tensor[]", &lru_backward);
+  m.def("s6_forward(Tensor u, Tensor dt, Tensor A, Tensor Bm, Tensor C, bool reverse) -> Tensor[]", &s6_forward);
+  m.def("s6_backward(Tensor dys, Tensor u, Tensor dt, Tensor A, Tensor Bm, Tensor C, Tensor ss, bool reverse) -> "
+        "Tensor[]", &s6_backward);
 }
