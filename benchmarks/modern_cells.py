@@ -1,13 +1,13 @@
 """Per-step cost of the modern cells (minGRU, minLSTM, LRU, S6, sLSTM, IndRNN, orthogonal RNN) against torch's
 ``nn.LSTM``: one training step (forward + backward) through each whole-sequence algorithm a cell has (every
-``scan`` choice of the linear cells; the hoisted loop of sLSTM and IndRNN; the orthogonal RNN's sequence path) and
-through its step loop, all in one process, interleaved.
+``scan`` choice of the linear cells, ``sequential`` being the time loop of ``rnnbench.kernels``; the kernels of
+sLSTM and IndRNN; the orthogonal RNN's sequence path) and through its step loop, all in one process,
+interleaved.
 
 A training step is ``model(x)`` on an adding-problem batch (B, T, 2), the MSE of the last-step readout,
 ``backward()``, gradients reset to ``None``; no optimiser. Models come from ``rnnbench.model.build_model`` (cell
 encoder + linear head): a whole-sequence row runs ``LoopEncoder.forward`` with that algorithm forced, the step row
-``LoopEncoder.probe`` (the ``unroll`` loop, also what the default ``scan=auto`` and the hoisted cells run on a
-CPU). The reference is ``nn.LSTM(batch_first=True)`` with the same head (oneDNN on CPU, cuDNN on CUDA). Like every
+``LoopEncoder.probe`` (the ``unroll`` loop, what diagnostics run). The reference is ``nn.LSTM(batch_first=True)`` with the same head (oneDNN on CPU, cuDNN on CUDA). Like every
 rnnbench job, the process keeps freed memory for reuse (``rnnbench.allocator.retain_freed_memory``) unless
 ``--glibc-default``.
 
@@ -43,8 +43,8 @@ from common import (LoadMeter, keep_freed_memory, log, machine_info, machine_md,
 REFERENCE = "nn.LSTM"
 CELLS = ("mingru", "minlstm", "lru", "s6", "slstm", "indrnn", "orthogonal_rnn")
 SEQUENCE = {"mingru": ("log", "chunked", "sequential"), "minlstm": ("log", "chunked", "sequential"),
-            "lru": ("chunked", "sequential"), "s6": ("chunked", "sequential"), "slstm": ("hoisted",),
-            "indrnn": ("hoisted",), "orthogonal_rnn": ("sequence",)}
+            "lru": ("chunked", "sequential"), "s6": ("chunked", "sequential"), "slstm": ("sequence",),
+            "indrnn": ("sequence",), "orthogonal_rnn": ("sequence",)}
 """The whole-sequence algorithms of each cell: ``scan`` values, or the cell's one path."""
 
 
@@ -97,9 +97,6 @@ def build(cells: list[str], hidden: int, device: torch.device) -> list[Impl]:
             kwargs["scan"] = path
         torch.manual_seed(0)
         model = build_model(spec, kwargs, _Adding(), hidden, fused=False).to(device)
-        if path == "hoisted":  # forced, whatever the device would choose
-            for cell in model.encoder.cells():
-                cell.forward_sequence = cell.hoisted_sequence
         label = f"{name} ({'scan=' + path if 'scan' in kwargs and path != 'step' else path})"
         impls.append(Impl(label, name, path, model))
     return impls
@@ -157,9 +154,8 @@ def report(impls: list[Impl], args: argparse.Namespace, info: dict, seconds: flo
           f"Batch {args.batch}, hidden {args.hidden}, length {args.length}, input 2 (adding problem), last-step "
           f"readout, forward + backward, no optimiser. {args.repeats} interleaved rounds after one warm-up step; "
           f"medians, {torch.get_num_threads()} torch thread(s). `x nn.LSTM`: ratio of medians; `paired x`: median "
-          f"of per-round ratios. `scan=...`, `hoisted`, `sequence`: a whole-sequence algorithm, forced; `step`: "
-          f"the per-step loop (what diagnostics run, and what training runs on a CPU by default for every cell "
-          f"here but orthogonal_rnn). `other load`: the other processes' share of the CPU during the step. "
+          f"of per-round ratios. `scan=...`, `sequence`: a whole-sequence algorithm, forced; `step`: "
+          f"the per-step loop (what diagnostics run). `other load`: the other processes' share of the CPU during the step. "
           f"Run by `benchmarks/modern_cells.py` in {seconds:.0f} s.\n",
           md_table(["implementation", "s / step", "ms / time step", "x nn.LSTM", "paired x", "spread",
                     "other load"], rows),

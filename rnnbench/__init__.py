@@ -18,7 +18,7 @@ Importing rnnbench loads no plugin, touches no store and starts nothing.
 The plugin API is what this module exports, plus four public modules: :mod:`rnnbench.validation` (the
 validators every config value goes through, raising :class:`ConfigError`), :mod:`rnnbench.init` (recurrent
 weight initialisation), :mod:`rnnbench.kernels` (hand-written backward through time for the classic
-recurrences, for a cell's whole-sequence path) and :mod:`rnnbench.testing` (the contract kit). The built-in cells and tasks use nothing
+recurrences and the modern ones, for a cell's whole-sequence path) and :mod:`rnnbench.testing` (the contract kit). The built-in cells and tasks use nothing
 else. Every other module is internal: its names may change between releases.
 """
 

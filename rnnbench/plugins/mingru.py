@@ -12,7 +12,8 @@ path) computes the recurrence directly; :meth:`forward_sequence` computes all st
 :func:`rnnbench.plugins._common.log_space_scan` (``scan=log``), the chunked scan in linear space, or the time
 loop of :func:`rnnbench.kernels.min_rnn` (``scan=sequential``: hand-written backward, compiled on the CPU, and
 the path of seed-parallel training); the default ``scan=auto`` is ``log`` on an accelerator and ``sequential``
-on the CPU (measured fastest on each; without a C++ compiler, the step loop). The initial state is h_0 = 0 (the scan then has no h_0 term).
+on the CPU (measured fastest on each; without a C++ compiler, the step loop). The initial state is h_0 = 0 (the
+scan then has no h_0 term).
 """
 
 from __future__ import annotations
