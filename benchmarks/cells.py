@@ -6,8 +6,8 @@ One training step is ``model(x)`` on an adding-problem batch (B, T, 2), the MSE 
 gradients reset to ``None``; no optimiser. The model is rnnbench's own (``build_model``: cell encoder + linear
 head): ``step`` is ``LoopEncoder`` with every cell's whole-sequence path switched off (autograd through the
 Python step loop), ``loop`` is ``LoopEncoder`` as rnnbench trains it (the hand-written kernel of
-:mod:`rnnbench.kernels` for the classic cells, with the compiled time loops of :mod:`rnnbench.native` where the cell
-has them), ``pyloop`` the same with the kernels' Python time loops (only cells with compiled ones) and ``fused`` is
+:mod:`rnnbench.kernels` for the built-in cells but orthogonal_rnn, with the compiled time loops of
+:mod:`rnnbench.native` where the cell has them), ``pyloop`` the same with the kernels' Python time loops (only cells with compiled ones) and ``fused`` is
 ``FusedEncoder``. The
 reference is a plain ``nn.LSTM(batch_first=True)`` with the same head.
 
@@ -477,8 +477,8 @@ def cells_markdown(payload: dict) -> str:
                    "Python step loop (`step`); in the middle, where measured: the hand-written kernel with its "
                    "Python time loop (`pyloop`); after: the path rnnbench trains on on the CPU (`fused`: torch's "
                    "module where the cell declares one, except gru; else `loop`: the cell's whole-sequence path, "
-                   "the hand-written kernel for the classic cells, with the compiled time loops of "
-                   f"`rnnbench.native` for the LSTM family and the GRUs). `!`: above {GOAL}x.\n\n")
+                   "the hand-written kernel for every built-in cell but orthogonal_rnn, with the compiled time "
+                   f"loops of `rnnbench.native` for all but the Elman cells). `!`: above {GOAL}x.\n\n")
         out.append(md_table(header, rows))
     for c in payload["configs"]:
         out.append(f"\n## hidden {c['hidden']}, length {c['length']}\n\n")
