@@ -91,11 +91,6 @@ def steps_of(cell, x: Tensor) -> Tensor:
     return torch.stack(unroll(cell, x)[0], dim=1)
 
 
-def sequence_of(cell, x: Tensor) -> Tensor:
-    """The cell's whole-sequence path."""
-    return cell.forward_sequence(x)
-
-
 def value_and_grads(out: Tensor, up: Tensor, tensors: list[Tensor]) -> list[Tensor]:
     return [out.detach(), *torch.autograd.grad((out * up).sum(), tensors)]
 
@@ -121,7 +116,7 @@ def test_step_and_sequence_equal_the_reference(name: str, overrides: dict) -> No
     expected = value_and_grads(reference(name, cell, x_ref, ref_params), up, [x_ref, *ref_params.values()])
     for path in ("step", "sequence"):
         xx = x.clone().requires_grad_(True)
-        out = steps_of(cell, xx) if path == "step" else sequence_of(cell, xx)
+        out = steps_of(cell, xx) if path == "step" else cell.forward_sequence(xx)
         got = value_and_grads(out, up, [xx, *cell.parameters()])
         for label, a, b in zip(["output", "dL/dx", *(f"dL/d{n}" for n in names)], got, expected):
             torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{name} {path} {label}: {m}")
@@ -136,7 +131,7 @@ def test_sequence_path_equals_step_path(name: str, overrides: dict, steps: int) 
     results = []
     for path in ("step", "sequence"):
         xx = x.clone().requires_grad_(True)
-        out = steps_of(cell, xx) if path == "step" else sequence_of(cell, xx)
+        out = steps_of(cell, xx) if path == "step" else cell.forward_sequence(xx)
         results.append(value_and_grads(out, up, [xx, *cell.parameters()]))
     for k, (a, b) in enumerate(zip(*results)):
         torch.testing.assert_close(b, a, **TOL, msg=lambda m: f"{name} tensor {k}: {m}")
