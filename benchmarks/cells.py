@@ -6,7 +6,7 @@ One training step is ``model(x)`` on an adding-problem batch (B, T, 2), the MSE 
 gradients reset to ``None``; no optimiser. The model is rnnbench's own (``build_model``: cell encoder + linear
 head): ``step`` is ``LoopEncoder`` with every cell's whole-sequence path switched off (autograd through the
 Python step loop), ``loop`` is ``LoopEncoder`` as rnnbench trains it (the hand-written kernel of
-:mod:`rnnbench.kernels` for the built-in cells but orthogonal_rnn, with the compiled time loops of
+:mod:`rnnbench.kernels` for every built-in cell, with the compiled time loops of
 :mod:`rnnbench.native` where the cell has them), ``pyloop`` the same with the kernels' Python time loops (only cells with compiled ones) and ``fused`` is
 ``FusedEncoder``. The
 reference is a plain ``nn.LSTM(batch_first=True)`` with the same head.
@@ -26,6 +26,7 @@ processes with and without ``torch.set_flush_denormal(True)`` (the setting must 
     python benchmarks/cells.py --hidden 32 128 512 --lengths 100 1000
     python benchmarks/cells.py --cells lstm gru --configs 512x1000 --tag big
     python benchmarks/cells.py --ftz --hidden 128 --lengths 100 1000
+    python benchmarks/cells.py --hidden 512 --skip s6:step@512x1000   # leave out what would not fit in memory
 """
 
 from __future__ import annotations
@@ -93,10 +94,12 @@ class Timing:
     times: list[float] = field(default_factory=list)
     load: list[float] = field(default_factory=list)
     rounds: list[int] = field(default_factory=list)
+    skipped: bool = False
+    """Named by ``--skip``: not run at this length (e.g. its autograd graph would not fit in memory)."""
 
     def done(self, min_repeats: int, max_repeats: int, cap: float) -> bool:
         n = len(self.times)
-        return (self.impl.error is not None or n >= max_repeats
+        return (self.impl.error is not None or self.skipped or n >= max_repeats
                 or (n >= min_repeats and sum(self.times) * self.length >= cap))
 
 
@@ -267,10 +270,14 @@ def run_hidden(args: argparse.Namespace, hidden: int, lengths: list[int], meter:
         onednn_ops = {w: OneDnnGemms(BATCH, hidden, w) for w in widths}
     except (RuntimeError, AttributeError):  # a torch build without oneDNN
         onednn_ops = {}
-    timings = [Timing(impl, length) for length in lengths for impl in impls]
+    timings = [Timing(impl, length, skipped=f"{impl.cell}:{impl.path}@{hidden}x{length}" in args.skip)
+               for length in lengths for impl in impls]
     refs = {t.length: t for t in timings if t.impl.label == REFERENCE}
 
     for timing in timings:
+        if timing.skipped:
+            log(f"  {timing.impl.label} at length {timing.length}: skipped (--skip)")
+            continue
         x, y = data[timing.length]
         try:
             for _ in range(2 if timing.length <= 300 else 1):
@@ -289,7 +296,7 @@ def run_hidden(args: argparse.Namespace, hidden: int, lengths: list[int], meter:
             break
         shift = rnd % len(order)
         for timing in order[shift:] + order[:shift]:
-            if timing.impl.error is not None:
+            if timing.impl.error is not None or timing.skipped:
                 continue
             x, y = data[timing.length]
             mark = meter.start()
@@ -327,7 +334,8 @@ def run_hidden(args: argparse.Namespace, hidden: int, lengths: list[int], meter:
                 "achieved_gflops": achieved, "gemm_gflops": gemm_gflops, "frac_gemm": achieved / gemm_gflops,
                 "onednn_gflops": onednn_gflops,
                 "frac_best_gemm": achieved / max(gemm_gflops, onednn_gflops if onednn_gflops == onednn_gflops else 0),
-                "other_load": median(timing.load), "error": impl.error, "trained": impl.trained,
+                "other_load": median(timing.load), "error": "skipped (--skip)" if timing.skipped else impl.error,
+                "trained": impl.trained,
                 "times_us": [t * 1e6 for t in timing.times], "rounds": timing.rounds,
             })
         configs.append({"hidden": hidden, "length": length, "rows": rows,
@@ -354,6 +362,10 @@ def run_cells(args: argparse.Namespace) -> dict:
     meter = LoadMeter()
     info = machine_info(FTZ)
     plan = grid(args)
+    known = {f"{c}:{p}@{h}x{t}" for c in args.cells for p in args.paths for h, ts in plan.items() for t in ts}
+    if set(args.skip) - known:
+        sys.exit(f"--skip {' '.join(sorted(set(args.skip) - known))}: not a CELL:PATH@HxT of this run's cells, "
+                 f"paths and configurations")
     log(f"cells: {len(args.cells)} cells, paths {args.paths}, hidden -> lengths {plan}; threads {info['threads']}, "
         f"FTZ {FTZ}, allocator {info['allocator']}")
     square = square_gemm_rate()
@@ -413,6 +425,7 @@ def length_growth(configs: list[dict]) -> list[list]:
             by_key.setdefault((r["impl"], r["hidden"]), {})[r["length"]] = r
     rows = []
     for (impl, hidden), per in by_key.items():
+        per = {length: r for length, r in per.items() if not r.get("error")}
         if len(per) >= 2:
             lo, hi = per[min(per)], per[max(per)]
             growth = hi["us_per_step"] / lo["us_per_step"]
@@ -434,9 +447,12 @@ def before_after(configs: list[dict]) -> tuple[list[str], list[list]]:
     goal holds."""
     keys = [(c["hidden"], c["length"]) for c in configs]
     ratio: dict[tuple[str, str, int, int], float] = {}
+    failed: set[tuple[str, str, int, int]] = set()
     cells: list[str] = []
     for c in configs:
         for r in c["rows"]:
+            if r.get("error"):
+                failed.add((r["cell"], r["path"], c["hidden"], c["length"]))
             if r["cell"] == "nn.LSTM" or r.get("error"):
                 continue
             if r["cell"] not in cells:
@@ -455,6 +471,8 @@ def before_after(configs: list[dict]) -> tuple[list[str], list[list]]:
             middle = "" if python is None else f"{python:.2f} -> "
             if after is None:
                 row.append("-")
+            elif (cell, "step", h, t) in failed:  # skipped or failed: no before
+                row.append(f"- -> {middle}{after:.2f}{flag}")
             elif before is None:  # no whole-sequence path here: the step loop is what trains
                 row.append(f"{after:.2f} (step loop){flag}")
             else:
@@ -477,8 +495,8 @@ def cells_markdown(payload: dict) -> str:
                    "Python step loop (`step`); in the middle, where measured: the hand-written kernel with its "
                    "Python time loop (`pyloop`); after: the path rnnbench trains on on the CPU (`fused`: torch's "
                    "module where the cell declares one, except gru; else `loop`: the cell's whole-sequence path, "
-                   "the hand-written kernel for every built-in cell but orthogonal_rnn, with the compiled time "
-                   f"loops of `rnnbench.native` for all but the Elman cells). `!`: above {GOAL}x.\n\n")
+                   "the hand-written kernel of every built-in cell, with the compiled time "
+                   f"loops of `rnnbench.native` for all but the Elman cells and orthogonal_rnn). `!`: above {GOAL}x.\n\n")
         out.append(md_table(header, rows))
     for c in payload["configs"]:
         out.append(f"\n## hidden {c['hidden']}, length {c['length']}\n\n")
@@ -488,7 +506,8 @@ def cells_markdown(payload: dict) -> str:
         rows = [[r["impl"], r["us_per_step"], r["ratio_vs_lstm"], r["paired_ratio_vs_lstm"], r["mflop_per_step"],
                  r["achieved_gflops"], f"{r['frac_gemm']:.0%}", f"{r.get('frac_best_gemm', float('nan')):.0%}",
                  r["repeats"], f"{r['spread']:.0%}",
-                 f"{r['other_load']:.0%}"] for r in c["rows"]]
+                 f"{r['other_load']:.0%}"] if not r.get("error") else [r["impl"], r["error"], *[""] * 9]
+                for r in c["rows"]]
         out.append(md_table(["impl", "us/step", "x nn.LSTM", "paired x", "MFLOP/step", "GFLOP/s", "of mm",
                              "of best", "n", "spread", "other load"], rows))
     growth = length_growth(payload["configs"])
@@ -584,6 +603,9 @@ def main() -> None:
                         help="seconds of timed steps per implementation and configuration after --min-repeats")
     parser.add_argument("--keep-memory", action="store_true",
                         help="glibc: no mmap, no trim (common.keep_freed_memory), set before any tensor")
+    parser.add_argument("--skip", nargs="*", default=[], metavar="CELL:PATH@HxT",
+                        help="implementations not to run at one configuration, e.g. s6:step@512x1000 (reported as "
+                             "skipped; for paths whose autograd graph would not fit in memory)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
     parser.add_argument("--tag", default="", help="output files are cells-TAG.json etc. (default: cells.json)")
     parser.add_argument("--verbose", action="store_true")

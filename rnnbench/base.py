@@ -102,7 +102,7 @@ class RecurrentCell(nn.Module):
         (the default) when the cell has none. The cell's own parameters are not used, only its structure.
 
         Seed-parallel training runs K seeds through it, and :meth:`forward_sequence` one model (K = 1). The
-        built-in cells but ``orthogonal_rnn`` implement it with :mod:`rnnbench.kernels`. The contract is
+        built-in cells implement it with :mod:`rnnbench.kernels`. The contract is
         :meth:`forward_sequence`'s, for every one of the K models."""
         return None
 

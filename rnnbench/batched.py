@@ -31,7 +31,7 @@ def _template(spec: CellSpec, cell_kwargs: dict[str, Any], task: Task, hidden_si
 
 class KernelModel:
     """The forward of K stacked models through each cell's :meth:`~rnnbench.RecurrentCell.stacked_sequence`
-    (for the built-in cells but ``orthogonal_rnn`` the kernels of :mod:`rnnbench.kernels`): the input projection of all
+    (for the built-in cells the kernels of :mod:`rnnbench.kernels`): the input projection of all
     steps in one batched matmul, then per step one ``baddbmm`` over the K stacked recurrent matrices, and the
     recurrent weight gradient in one large ``bmm`` after the backward loop.
     ``x`` (K, B, T, I) -> (K, B, O) or (K, B, T, O)."""

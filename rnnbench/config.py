@@ -32,8 +32,7 @@ class ModelConfig:
     """If set, the hidden size is the largest whose model has at most this many parameters."""
     fused: bool = True
     """Run torch's fused module for cells that declare one (all but the LSTM: on a GPU only); false trains the
-    loop encoder (the cell's whole-sequence path: for the built-in cells but orthogonal_rnn the hand-written
-    kernel)."""
+    loop encoder (the cell's whole-sequence path: for the built-in cells the hand-written kernel)."""
 
 
 @dataclass

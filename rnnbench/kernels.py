@@ -11,7 +11,8 @@ into preallocated buffers; the backward pass is the chain rule written out, agai
 recurrent weight gradient is one large ``bmm`` over every step after the loop. autograd's own backward through
 the step loop costs about three times as many operator calls.
 
-- :func:`elman`: :math:`h_t = \phi(xp_t + W h_{t-1})`, :math:`\phi \in \{\tanh, \mathrm{ReLU}, \sigma\}`.
+- :func:`elman`: :math:`h_t = \phi(xp_t + W h_{t-1})`, :math:`\phi \in \{\tanh, \mathrm{ReLU}, \sigma\}` or
+  expRNN's modReLU.
 - :func:`lstm`: the LSTM family of :class:`rnnbench.plugins.lstm.LSTMCell` (every gate optional, peepholes,
   coupled input and forget gates, full gate recurrence, identity or sigmoid activations); torch's LSTM is the
   default flags.
@@ -120,20 +121,30 @@ def _block_steps(seq: Tensor, width: int) -> list[tuple[Tensor, ...]]:
     return [_steps(seq, slice(k, k + width)) for k in range(0, seq.shape[-1], width)]
 
 
+def _modrelu(z: Tensor, bias: Tensor, out: Tensor) -> None:
+    """``out`` = sign(z) * ReLU(|z| + bias) (expRNN's modReLU), ``bias`` (K, 1, H)."""
+    torch.abs(z, out=out)
+    out.add_(bias).clamp_(min=0.0).mul_(torch.sign(z))
+
+
 class _ElmanScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, xp: Tensor, whh: Tensor, activation: str, reverse: bool) -> Tensor:
+    def forward(ctx: Any, xp: Tensor, whh: Tensor, bias: Tensor | None, activation: str, reverse: bool) -> Tensor:
         K, T, B, H = xp.shape
         hs = xp.new_empty(K, T, B, H)
         h = xp.new_zeros(K, B, H)
         whh_t = whh.transpose(1, 2).contiguous()
+        b = None if bias is None else bias.unsqueeze(1)
         xs, h_steps = _steps(xp), _steps(hs)
         for t in _order(T, reverse)[0]:
             pre = torch.baddbmm(xs[t], h, whh_t)
             h = h_steps[t]
-            _activate(activation, pre, h)
+            if b is None:
+                _activate(activation, pre, h)
+            else:
+                _modrelu(pre, b, h)
         ctx.save_for_backward(hs, whh)
-        ctx.activation, ctx.reverse = activation, reverse
+        ctx.activation, ctx.reverse, ctx.modrelu = activation, reverse, b is not None
         return hs
 
     @staticmethod
@@ -142,19 +153,32 @@ class _ElmanScan(torch.autograd.Function):
         K, T, B, H = hs.shape
         dpre = torch.empty_like(hs)
         dh = hs.new_zeros(K, B, H)
+        live = (hs != 0).to(hs.dtype) if ctx.modrelu else None  # modReLU: dz = dh where h != 0, else 0
         dh_steps, h_steps, d_steps = _steps(dhs), _steps(hs), _steps(dpre)
+        live_steps = None if live is None else _steps(live)
         for t in reversed(_order(T, ctx.reverse)[0]):
             dh = dh + dh_steps[t]
-            dh = torch.bmm(_activation_backward(ctx.activation, dh, h_steps[t], into=d_steps[t]), whh)
-        return dpre, _weight_grad(dpre, hs, ctx.reverse), None, None
+            if live_steps is None:
+                _activation_backward(ctx.activation, dh, h_steps[t], into=d_steps[t])
+            else:
+                torch.mul(dh, live_steps[t], out=d_steps[t])
+            dh = torch.bmm(d_steps[t], whh)
+        # modReLU's bias: db = sum over steps and batch of dh * sign(h) = dz * sign(h)
+        dbias = (dpre * torch.sign(hs)).sum((1, 2)) if ctx.modrelu else None
+        return dpre, _weight_grad(dpre, hs, ctx.reverse), dbias, None, None
 
 
-def elman(xp: Tensor, whh: Tensor, activation: str = "tanh", reverse: bool = False) -> Tensor:
-    r""":math:`h_t = \phi(xp_t + W_{hh} h_{t-1})`, :math:`h_{-1} = 0`: ``xp`` (K, T, B, H) with both biases
-    folded in, ``whh`` (K, H, H); returns (K, T, B, H). ``activation``: tanh, relu, sigmoid or identity."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation {activation!r}; expected one of {ACTIVATIONS}")
-    return _ElmanScan.apply(xp, whh, activation, reverse)
+def elman(xp: Tensor, whh: Tensor, activation: str = "tanh", reverse: bool = False,
+          bias: Tensor | None = None) -> Tensor:
+    r""":math:`h_t = \phi(z_t)`, :math:`z_t = xp_t + W_{hh} h_{t-1}`, :math:`h_{-1} = 0`: ``xp`` (K, T, B, H) with
+    the biases folded in, ``whh`` (K, H, H); returns (K, T, B, H). ``activation``: tanh, relu, sigmoid, identity,
+    or modrelu, :math:`\phi(z) = \mathrm{sign}(z)\,\mathrm{ReLU}(|z| + b)` with ``bias`` b (K, H) (expRNN; its
+    b cannot be folded into ``xp``)."""
+    if activation not in (*ACTIVATIONS, "modrelu"):
+        raise ValueError(f"activation {activation!r}; expected one of {(*ACTIVATIONS, 'modrelu')}")
+    if (activation == "modrelu") != (bias is not None):
+        raise ValueError("a bias is modrelu's, and modrelu needs one")
+    return _ElmanScan.apply(xp, whh, bias, activation, reverse)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The hand-written backward-through-time kernels (rnnbench.kernels) equal autograd through the step loop, in
-float64, values and gradients: every LSTM flag combination, every Elman activation, both GRUs, minGRU, minLSTM,
-IndRNN, sLSTM, the LRU and S6, both directions, one model and K stacked models; every kernel but Elman's with its compiled time loops
-(rnnbench.native) and with the Python ones."""
+float64, values and gradients: every LSTM flag combination, every Elman activation (modReLU included: expRNN's
+orthogonal RNN), both GRUs, minGRU, minLSTM, IndRNN, sLSTM, the LRU and S6, both directions, one model and K stacked
+models; every kernel but Elman's with its compiled time loops (rnnbench.native) and with the Python ones."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from rnnbench import native
 from rnnbench.layers import unroll
 from rnnbench.plugins.gru import GRUCell, GRUCho2014Cell
-from rnnbench.plugins.indrnn import IndRNNCell
+from rnnbench.plugins.indrnn import IndRNNCell, OrthogonalRNNCell
 from rnnbench.plugins.lru import LRUCell
 from rnnbench.plugins.lstm import ACTIVATIONS, LSTMCell
 from rnnbench.plugins.mingru import MinGRUCell, MinLSTMCell
@@ -116,19 +116,40 @@ def test_lstm_kernel_equals_the_step_for_every_flag_combination(flags, reverse, 
     lambda: SLSTMCell(I, H), lambda: SLSTMCell(I, H, forget_gate="exp"),
     lambda: LRUCell(I, H, scan="sequential"), lambda: LRUCell(I, H, state_size=3, output_activation="tanh"),
     lambda: S6Cell(I, H), lambda: S6Cell(I, H, d_state=3, dt_rank=2, scan="sequential"),
+    lambda: OrthogonalRNNCell(I, H), lambda: OrthogonalRNNCell(I, H, "tanh"),
 ], ids=["rnn_tanh", "rnn_relu", "rnn_sigmoid", "gru", "gru_cho2014", "lstm", "lstm_fgr", "cifg_noaf", "mingru",
-        "minlstm", "indrnn_relu", "indrnn_tanh", "slstm", "slstm_exp", "lru", "lru_n3_tanh", "s6", "s6_n3"])
+        "minlstm", "indrnn_relu", "indrnn_tanh", "slstm", "slstm_exp", "lru", "lru_n3_tanh", "s6", "s6_n3",
+        "orthogonal_modrelu", "orthogonal_tanh"])
 def test_kernels_in_both_directions_and_any_length(make, reverse, steps, loops):
     cell = perturbed(make(), seed=4)
     assert_paths_equal(cell, reverse=reverse, steps=steps)
-    assert isinstance(cell, RNNCell) or loops is None or loops
+    assert isinstance(cell, (RNNCell, OrthogonalRNNCell)) or loops is None or loops
+
+
+def test_modrelu_kernel_where_units_are_exactly_zero():
+    """modReLU is sign(z) ReLU(|z| + b): with a zero input and state (z = 0) and with b < 0 units are exactly 0,
+    where its derivative is 0 (as autograd's through sign and abs); the kernel masks by h != 0."""
+    cell = perturbed(OrthogonalRNNCell(I, H), seed=5).double()
+    with torch.no_grad():
+        cell.bias[:2] = -5.0  # these units stay 0 unless |z| > 5
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, T, I, generator=g, dtype=torch.float64)
+    x[:, :3] = 0.0  # z = 0 at the first steps: h = sign(0) ReLU(b) = 0 for every unit
+    up = torch.randn(B, T, H, generator=g, dtype=torch.float64)
+    want = values_and_grads(cell, step_path(False), x, up)
+    got = values_and_grads(cell, sequence_path(False), x, up)
+    assert (want[0][:, :3] == 0).all() and (want[0][..., :2] == 0).float().mean() > 0.5
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **TOL)
 
 
 @pytest.mark.parametrize("make", [lambda: RNNCell(I, H, "sigmoid"), lambda: GRUCho2014Cell(I, H),
                                   lambda: LSTMCell(I, H, peepholes=True, full_gate_recurrence=True),
                                   lambda: MinLSTMCell(I, H), lambda: IndRNNCell(I, H, horizon=3),
-                                  lambda: SLSTMCell(I, H), lambda: LRUCell(I, H), lambda: S6Cell(I, H, d_state=3)],
-                         ids=["rnn_sigmoid", "gru_cho2014", "lstm_fgr", "minlstm", "indrnn", "slstm", "lru", "s6"])
+                                  lambda: SLSTMCell(I, H), lambda: LRUCell(I, H), lambda: S6Cell(I, H, d_state=3),
+                                  lambda: OrthogonalRNNCell(I, H)],
+                         ids=["rnn_sigmoid", "gru_cho2014", "lstm_fgr", "minlstm", "indrnn", "slstm", "lru", "s6",
+                              "orthogonal_rnn"])
 def test_stacked_models_each_equal_their_own_run(make, loops):
     """K = 3 models with different weights through stacked_sequence: each member's outputs and gradients are
     those of its own model alone (no mixing across the K dimension)."""
@@ -146,7 +167,7 @@ def test_stacked_models_each_equal_their_own_run(make, loops):
         torch.testing.assert_close(out[k].detach().transpose(0, 1), want[0], **TOL)
         for name, grad, expected in zip(names, grads, want[2:]):
             torch.testing.assert_close(grad[k], expected, **TOL, msg=lambda m: f"member {k} {name}: {m}")
-    assert isinstance(cells[0], RNNCell) or loops is None or loops
+    assert isinstance(cells[0], (RNNCell, OrthogonalRNNCell)) or loops is None or loops
 
 
 def test_lstm_refuses_flags_without_meaning():

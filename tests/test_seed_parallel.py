@@ -105,7 +105,8 @@ def assert_same_run(batched: tuple[RunResult, NullTracker], separate: tuple[RunR
                                     "task.dependency_length=5")),
         ("lru", False, "kernel", ()),
         ("s6", False, "kernel", ()),
-        ("orthogonal_rnn", False, "vmap", ()),  # no stacked path: auto takes vmap
+        ("orthogonal_rnn", False, "kernel", ()),
+        ("orthogonal_rnn", False, "vmap", ()),
         ("lstm", True, "kernel", ("model.num_layers=2", "model.bidirectional=true", "task=copy",
                                   "task.dependency_length=5")),
         ("gru", True, "kernel", ("task.variant=pascanu2013", "task.dependency_length=20")),  # lengths vary
@@ -115,12 +116,29 @@ def test_batched_equals_separate_runs(compose, registry, cell, fused, path, over
     cfg, spec, cell_kwargs, task, model_kwargs = setup(
         compose, registry, f"cell={cell}", f"model.fused={str(fused).lower()}", *overrides)
     models = build_seed_models(spec, cell_kwargs, task, SEEDS, cfg.model.hidden_size, fused=fused, **model_kwargs)
-    assert StackedPopulation(spec, cell_kwargs, task, copy.deepcopy(models), 8, **model_kwargs).path == (
-        "vmap" if cell == "orthogonal_rnn" else "kernel")  # auto: the kernel wherever the cell has a stacked path
+    assert StackedPopulation(spec, cell_kwargs, task, copy.deepcopy(models), 8, **model_kwargs).path == "kernel"
     separate = separate_runs(cfg, spec, cell_kwargs, task, copy.deepcopy(models))
     batched = batched_run(cfg, spec, cell_kwargs, task, model_kwargs, path)
     for k in range(len(SEEDS)):
         assert_same_run((batched[0][k], batched[1][k]), (separate[0][k], separate[1][k]))
+
+
+def test_auto_takes_vmap_for_a_cell_without_a_stacked_path(compose, registry):
+    """A cell that implements only the step (a plugin's usual case) trains seed-parallel through vmap."""
+    import dataclasses
+
+    from rnnbench.plugins.rnn import RNNCell
+
+    class StepOnly(RNNCell):
+        def stacked_sequence(self, params, x, reverse=False):
+            return None
+
+    cfg, spec, cell_kwargs, task, model_kwargs = setup(compose, registry, "cell=rnn_sigmoid")
+    spec = dataclasses.replace(spec, cell=lambda *a, **k: StepOnly(*a, nonlinearity="sigmoid", **k))
+    models = build_seed_models(spec, cell_kwargs, task, SEEDS, 8, fused=False, **model_kwargs)
+    assert StackedPopulation(spec, cell_kwargs, task, models, 8, **model_kwargs).path == "vmap"
+    with pytest.raises(ValueError, match="no stacked whole-sequence path"):
+        StackedPopulation(spec, cell_kwargs, task, models, 8, path="kernel", **model_kwargs)
 
 
 def test_initial_weights_are_those_of_the_runner(compose, registry):

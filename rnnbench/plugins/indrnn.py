@@ -159,8 +159,8 @@ class OrthogonalRNNCell(RecurrentCell):
 
     Parameters: ``weight_ih`` (H, I); ``bias`` (H,) (modReLU's b, or the tanh bias);
     ``parametrizations.weight_hh.original`` = X (H, H); ``weight_hh`` (H, H) is computed. State h (B, H).
-    :meth:`forward_sequence`: W_hh computed once (the step path computes it at every step) and the input
-    projection of every step in one matmul, then the steps.
+    :meth:`stacked_sequence`: W_hh computed once per sequence (the step path computes it at every step), then
+    :func:`rnnbench.kernels.elman` (modReLU's backward written out: dz = dh where h != 0, db = sum dh sign(h)).
     """
 
     def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "modrelu",
@@ -187,14 +187,14 @@ class OrthogonalRNNCell(RecurrentCell):
         h = self._activation(F.linear(x, self.weight_ih) + F.linear(h, self.weight_hh))
         return h, h
 
-    def forward_sequence(self, x: Tensor) -> Tensor:
-        W = self.weight_hh  # computed once
-        h = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        outputs = []
-        for xw in F.linear(x, self.weight_ih).unbind(1):  # T x (B, H)
-            h = self._activation(xw + F.linear(h, W))
-            outputs.append(h)
-        return torch.stack(outputs, dim=1)
+    def stacked_sequence(self, params: dict[str, Tensor], x: Tensor, reverse: bool = False) -> Tensor:
+        L = params["parametrizations.weight_hh.original"].tril()
+        W = torch.matrix_exp(L - L.mT)  # (K, H, H), torch's matrix_exp parametrisation, once per sequence
+        if self.nonlinearity == "modrelu":
+            xp = kernels.input_projection(x, params["weight_ih"])
+            return kernels.elman(xp, W, "modrelu", reverse, bias=params["bias"])
+        xp = kernels.input_projection(x, params["weight_ih"], params["bias"])
+        return kernels.elman(xp, W, "tanh", reverse)
 
     def recurrent_weights(self) -> dict[str, Tensor]:
         """``weight_hh``: the orthogonal W_hh = exp(A) (H, H)."""
