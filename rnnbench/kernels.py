@@ -299,10 +299,10 @@ class _LSTMScan(torch.autograd.Function):
         flags: LSTMFlags = ctx.flags
         compiled = native.usable(acts, dhs)
         if compiled is not None:
-            dpre, dpeep = compiled.lstm_backward(dhs, cs, ys, acts, wrec, peep, _native_flags(flags), ctx.reverse)
-            return dpre, _weight_grad(dpre, zs, ctx.reverse), dpeep if peep is not None else None, None, None
-        dpre = _LSTMScan.backward_loop(dhs, zs, cs, ys, acts, wrec, peep, flags, ctx.reverse)
-        dpeep = None
+            dpre = compiled.lstm_backward(dhs, cs, ys, acts, wrec, peep, _native_flags(flags), ctx.reverse)
+        else:
+            dpre = _LSTMScan.backward_loop(dhs, zs, cs, ys, acts, wrec, peep, flags, ctx.reverse)
+        dpeep = None  # sum over steps and batch of d pre-activation * the cell state the peephole reads
         if peep is not None:
             H = cs.shape[-1]
             at = {k: slice(n * H, (n + 1) * H) for n, k in enumerate(flags.blocks)}

@@ -27,7 +27,11 @@ from typing import Any
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "steps.cpp"
-FLAGS = ("-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp-simd", "-fno-trapping-math", "-DNDEBUG")
+# OpenMP on Linux: the library then splits each step's rows across torch's own intra-op threads (the libgomp the
+# torch wheel ships has the system's soname, so the loader binds the library to the runtime torch already loaded:
+# one thread pool). Elsewhere only the SIMD pragmas, and the rows of a step run on one thread.
+OPENMP = "-fopenmp" if sys.platform.startswith("linux") else "-fopenmp-simd"
+FLAGS = ("-O3", "-std=c++20", "-fPIC", "-shared", OPENMP, "-fno-trapping-math", "-DNDEBUG")
 
 
 def _notice(message: str) -> None:

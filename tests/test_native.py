@@ -41,49 +41,91 @@ def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
-@pytest.mark.parametrize("K,H", [(1, 256), (2, 256), (1, 16)], ids=["onednn", "stacked", "small"])
-@pytest.mark.parametrize("kind", ["lstm_peephole_fgr", "gru", "gru_cho", "mingru", "minlstm", "indrnn", "slstm",
-                                  "slstm_exp", "lru", "s6"])
-def test_float32_matches_the_python_loops(kind, K, H, monkeypatch):
-    """float32 at sizes where one weight set takes oneDNN's matmul (K = 1, hidden 256), stacked sets take
-    bmm, and small rows end in the vector loops' remainders: within float32 rounding of the Python loops."""
-    T, B = 6, 9
+KINDS = ["lstm_peephole_fgr", "gru", "gru_cho", "mingru", "minlstm", "indrnn", "slstm", "slstm_exp", "lru", "s6"]
+
+
+def kernel_case(kind: str, K: int, H: int, T: int = 6, B: int = 9, dtype=torch.float32):
+    """(run, inputs) of one kernel at these sizes, random, seeded."""
     g = torch.Generator().manual_seed(0)
 
     def rand(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g) * scale
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    def unit(*shape):
+        return torch.rand(*shape, generator=g, dtype=torch.float64).to(dtype)
 
     if kind == "lstm_peephole_fgr":
         flags = kernels.LSTMFlags(peepholes="ifo", gate_recurrence=True)
         args = (rand(K, T, B, 4 * H), rand(K, 4 * H, 4 * H, scale=H ** -0.5), rand(K, 3, H))
-        run = lambda xp, w, p: kernels.lstm(xp, w, p, flags)  # noqa: E731
-    elif kind == "gru":
-        args = (rand(K, T, B, 3 * H), rand(K, 3 * H, H, scale=H ** -0.5), rand(K, 3 * H))
-        run = kernels.gru
-    elif kind == "gru_cho":
-        args = (rand(K, T, B, 3 * H), rand(K, 2 * H, H, scale=H ** -0.5), rand(K, H, H, scale=H ** -0.5))
-        run = kernels.gru_cho
-    elif kind in ("slstm", "slstm_exp"):
+        return (lambda xp, w, p: kernels.lstm(xp, w, p, flags)), args
+    if kind == "gru":
+        return kernels.gru, (rand(K, T, B, 3 * H), rand(K, 3 * H, H, scale=H ** -0.5), rand(K, 3 * H))
+    if kind == "gru_cho":
+        return kernels.gru_cho, (rand(K, T, B, 3 * H), rand(K, 2 * H, H, scale=H ** -0.5),
+                                 rand(K, H, H, scale=H ** -0.5))
+    if kind in ("slstm", "slstm_exp"):
         args = (rand(K, T, B, 4 * H, scale=3.0), rand(K, 4 * H, H, scale=H ** -0.5))
-        run = lambda xp, w: kernels.slstm(xp, w, kind == "slstm_exp")  # noqa: E731
-    elif kind == "lru":
+        return (lambda xp, w: kernels.slstm(xp, w, kind == "slstm_exp")), args
+    if kind == "lru":
         phase = rand(K, H)
         args = (0.99 * torch.cos(phase), 0.99 * torch.sin(phase), rand(K, T, B, H), rand(K, T, B, H))
-        run = lambda *a: torch.cat(kernels.lru_scan(*a), dim=-1)  # noqa: E731
-    elif kind == "s6":
+        return (lambda *a: torch.cat(kernels.lru_scan(*a), dim=-1)), args
+    if kind == "s6":
         N = 8
-        args = (rand(K, T, B, H), torch.rand(K, T, B, H, generator=g) * 0.2, -torch.rand(K, H, N, generator=g) * 4,
-                rand(K, T, B, N), rand(K, T, B, N))
-        run = kernels.s6_scan
-    elif kind == "indrnn":
-        args = (rand(K, T, B, H), rand(K, H))
-        run = kernels.indrnn
-    else:
-        args = (rand(K, T, B, (2 if kind == "mingru" else 3) * H, scale=2.0),)
-        run = lambda pre: kernels.min_rnn(pre, kind)  # noqa: E731
+        return kernels.s6_scan, (rand(K, T, B, H), unit(K, T, B, H) * 0.2, -unit(K, H, N) * 4, rand(K, T, B, N),
+                                 rand(K, T, B, N))
+    if kind == "indrnn":
+        return kernels.indrnn, (rand(K, T, B, H), rand(K, H))
+    return (lambda pre: kernels.min_rnn(pre, kind)), (rand(K, T, B, (2 if kind == "mingru" else 3) * H, scale=2.0),)
+
+
+@pytest.mark.parametrize("K,H", [(1, 256), (2, 256), (1, 16)], ids=["onednn", "stacked", "small"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_float32_matches_the_python_loops(kind, K, H, monkeypatch):
+    """float32 at sizes where one weight set takes oneDNN's matmul (K = 1, hidden 256), stacked sets take
+    bmm, and small rows end in the vector loops' remainders: within float32 rounding of the Python loops."""
+    run, args = kernel_case(kind, K, H)
     got, want = both(run, *args, monkeypatch=monkeypatch)
     for name, a, b in zip(["output", *(f"grad {n}" for n in range(len(args)))], got, want):
         assert rel_error(a, b) < 2e-5, name
+
+
+SUMMED_PER_THREAD = {"s6": {3}, "indrnn": {2}, "lru": {1, 2}}
+"""Per kernel, the indices (0: output, then the inputs' gradients) of the gradients summed per thread."""
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rows_split_across_threads(kind, monkeypatch):
+    """The compiled loops split each step's rows (the elementwise recurrences: whole sequences of rows) across
+    torch's threads. With two threads the float64 results equal the Python loops' to rounding, and every output
+    and gradient equals one thread's bit for bit, but for the parameter gradients that each thread sums over its
+    own rows (S6's d A, IndRNN's d u, the LRU's d lambda), equal to rounding."""
+    run, args = kernel_case(kind, K=2, H=64, T=5, B=16, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two, want = both(run, *args, monkeypatch=monkeypatch)
+        monkeypatch.undo()
+        torch.set_num_threads(1)
+        one = both(run, *args, monkeypatch=monkeypatch)[0]
+    finally:
+        torch.set_num_threads(threads)
+    for n, (a, b, c) in enumerate(zip(two, want, one)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        if n in SUMMED_PER_THREAD.get(kind, ()):
+            torch.testing.assert_close(a, c, rtol=1e-13, atol=0)
+        else:
+            assert torch.equal(a, c), f"tensor {n} differs between one and two threads"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OpenMP threads on Linux only")
+def test_one_openmp_runtime_in_the_process():
+    """The compiled loops use torch's own OpenMP thread pool: one libgomp is mapped, the one torch loaded."""
+    native.ops()
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    loaded = {line.split()[-1] for line in maps if "libgomp" in line.split()[-1]}
+    torch_lib = Path(torch.__file__).parent / "lib"
+    assert len(loaded) == 1 and Path(loaded.pop()).parent == torch_lib, loaded
 
 
 def test_nan_and_infinities_propagate_as_in_torch(monkeypatch):

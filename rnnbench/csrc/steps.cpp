@@ -5,10 +5,17 @@
 // about 20 ATen calls per step. Layouts and saved tensors are the Python scans' (K stacked weight sets, sequences
 // (K, T, B, F)), so either path's forward pairs with either path's backward.
 //
+// Rows (one example of one stacked model) are independent within a step, so each step's elementwise pass is split
+// across torch's intra-op threads (at::parallel_for, torch's own OpenMP pool, as its GEMMs use); the recurrences
+// without a recurrent matrix (minGRU/minLSTM, IndRNN, the LRU, S6) split whole sequences of rows, one fork per
+// call. A parameter gradient summed over rows is summed per thread, then added (kernels.py's callers never see
+// the split). Results do not depend on the thread count but for those sums' rounding.
+//
 // float uses the polynomial exp/tanh below (Cephes, within a few ulp); double uses the C library (the tests
 // compare in float64). On x86-64 each elementwise pass is compiled three times (AVX-512, AVX2+FMA, baseline SSE2)
 // and the loader picks one at run time, so one build serves every CPU that shares the cache.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <dlfcn.h>
@@ -29,6 +36,7 @@ using at::Tensor;
 #define RNNBENCH_CLONES
 #endif
 #define RNNBENCH_INLINE inline __attribute__((always_inline))
+constexpr int64_t kParallelElements = 1024;  // per thread, at least: below it one thread does a step's pass
 
 // For a template `name<T>` with parameters params(T) and arguments args: `name_f`, its float instance compiled
 // for each CPU target, and `name_any`, one overload per type, which the time loops call.
@@ -174,7 +182,6 @@ struct LSTMBackwardRow {
   const T *wi, *wf, *wo;
   T* dc;                               // carried d c
   T *dpi, *dpf, *dpg, *dpo;            // d pre-activations
-  T *acc_i, *acc_f, *acc_o;            // peephole gradients, summed over steps and batch
 };
 
 template <typename T, int64_t PhiIn, int64_t PhiOut, bool Coupled>
@@ -184,7 +191,7 @@ RNNBENCH_INLINE void lstm_backward_row(const LSTMBackwardRow<T>& r, int64_t H) {
   const T *__restrict ao_ = r.ao, *__restrict cp = r.cp, *__restrict c_ = r.c, *__restrict y_ = r.y;
   const T *__restrict wi = r.wi, *__restrict wf = r.wf, *__restrict wo = r.wo;
   T *__restrict dc = r.dc, *__restrict dpi_out = r.dpi, *__restrict dpf_out = r.dpf, *__restrict dpg_out = r.dpg;
-  T *__restrict dpo_out = r.dpo, *__restrict acc_i = r.acc_i, *__restrict acc_f = r.acc_f, *__restrict acc_o = r.acc_o;
+  T *__restrict dpo_out = r.dpo;
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const T dh = dh_in[j] + dzh[j];
@@ -196,7 +203,6 @@ RNNBENCH_INLINE void lstm_backward_row(const LSTMBackwardRow<T>& r, int64_t H) {
     dpg_out[j] = act_grad<T, PhiIn>(dct * ai, g);
     dc[j] = (Coupled ? dct - dct * ai : dct * af) + dpi * wi[j] + dpf * wf[j];
     dpi_out[j] = dpi; dpf_out[j] = dpf; dpo_out[j] = dpo;
-    acc_i[j] += dpi * c0; acc_f[j] += dpf * c0; acc_o[j] += dpo * c_[j];
   }
 }
 
@@ -204,17 +210,16 @@ RNNBENCH_INLINE void lstm_backward_row(const LSTMBackwardRow<T>& r, int64_t H) {
 // the loop, so that it is compiled inside each CPU target's clone.
 template <typename T, template <typename, int64_t, int64_t, bool> class Body, int64_t PI, int64_t PO, bool C,
           typename MakeRow>
-RNNBENCH_INLINE void run_rows(int64_t rows, int64_t H, const MakeRow& make_row) {
-  for (int64_t r = 0; r < rows; ++r) Body<T, PI, PO, C>::run(make_row(r), H);
+RNNBENCH_INLINE void run_rows(int64_t r0, int64_t r1, int64_t H, const MakeRow& make_row) {
+  for (int64_t r = r0; r < r1; ++r) Body<T, PI, PO, C>::run(make_row(r), H);
 }
 
 template <typename T, template <typename, int64_t, int64_t, bool> class Body, typename MakeRow>
-RNNBENCH_INLINE void lstm_rows(const LSTMShape& s, const MakeRow& make_row) {
-  const int64_t rows = s.K * s.B;
+RNNBENCH_INLINE void lstm_rows(const LSTMShape& s, int64_t r0, int64_t r1, const MakeRow& make_row) {
 #define RNNBENCH_LSTM_CASE(PI, PO)                                                  \
   if (s.phi_in == PI && s.phi_out == PO) {                                          \
-    if (s.coupled) run_rows<T, Body, PI, PO, true>(rows, s.H, make_row);            \
-    else run_rows<T, Body, PI, PO, false>(rows, s.H, make_row);                     \
+    if (s.coupled) run_rows<T, Body, PI, PO, true>(r0, r1, s.H, make_row);          \
+    else run_rows<T, Body, PI, PO, false>(r0, r1, s.H, make_row);                   \
     return;                                                                         \
   }
 #define RNNBENCH_LSTM_OUT(PI) \
@@ -234,20 +239,24 @@ struct BackwardBody {
   static RNNBENCH_INLINE void run(const LSTMBackwardRow<T>& r, int64_t H) { lstm_backward_row<T, PI, PO, C>(r, H); }
 };
 
-// Constant and scratch rows of one call: zero, one, big (a missing gate's pre-activation), and sinks.
+// Constant and scratch rows of one call: zero, one, big (a missing gate's pre-activation), and sinks, six rows
+// for each of torch's threads (the rows of a step are split across them).
 template <typename T>
 struct LSTMConstants {
-  std::vector<T> zero, one, big, sink;
+  std::vector<T> zero, one, big;
+  mutable std::vector<T> sink;
   explicit LSTMConstants(int64_t width, int64_t H)
-      : zero(width, T(0)), one(H, T(1)), big(H, T(1e30)), sink(6 * H, T(0)) {}
-  T* sink_row(int64_t n) { return sink.data() + n * static_cast<int64_t>(one.size()); }
+      : zero(width, T(0)), one(H, T(1)), big(H, T(1e30)), sink(6 * H * at::get_num_threads(), T(0)) {}
+  T* sink_row(int64_t n) const {
+    return sink.data() + (6 * at::get_thread_num() + n) * static_cast<int64_t>(one.size());
+  }
 };
 
 template <typename T>
-RNNBENCH_INLINE void lstm_forward_step(const LSTMShape& s, const T* peep, LSTMConstants<T>& k0, T* acts,
-                                       const T* cprev, T* cs, T* ys, T* zs, int64_t t) {
+RNNBENCH_INLINE void lstm_forward_step(const LSTMShape& s, const T* peep, const LSTMConstants<T>& k0, T* acts,
+                                       const T* cprev, T* cs, T* ys, T* zs, int64_t t, int64_t r0, int64_t r1) {
   const int64_t H = s.H;
-  lstm_rows<T, ForwardBody>(s, [&](int64_t r) {
+  lstm_rows<T, ForwardBody>(s, r0, r1, [&](int64_t r) {
     const int64_t k = r / s.B, b = r % s.B, at = (k * s.T + t) * s.B + b;
     T* a = acts + at * s.G;  // the pre-activations in, the gates out (in place, element by element)
     const T* p = a;
@@ -261,7 +270,7 @@ RNNBENCH_INLINE void lstm_forward_step(const LSTMShape& s, const T* peep, LSTMCo
                              s.phi_out == IDENTITY ? k0.sink_row(3) : ys + at * H, zs + at * s.Z};
   });
   if (s.rec.empty()) return;
-  for (int64_t r = 0; r < s.K * s.B; ++r) {  // the gates of this step into the next step's recurrent input
+  for (int64_t r = r0; r < r1; ++r) {  // the gates of this step into the next step's recurrent input
     const int64_t at = ((r / s.B) * s.T + t) * s.B + r % s.B;
     for (size_t n = 0; n < s.rec.size(); ++n)
       std::memcpy(zs + at * s.Z + H + static_cast<int64_t>(n) * H, acts + at * s.G + s.rec[n], H * sizeof(T));
@@ -269,11 +278,11 @@ RNNBENCH_INLINE void lstm_forward_step(const LSTMShape& s, const T* peep, LSTMCo
 }
 
 template <typename T>
-RNNBENCH_INLINE void lstm_backward_step(const LSTMShape& s, const T* peep, T* dpeep, LSTMConstants<T>& k0,
+RNNBENCH_INLINE void lstm_backward_step(const LSTMShape& s, const T* peep, const LSTMConstants<T>& k0,
                                         const T* dhs, const T* dz, T* dc, const T* acts, const T* cprev,
-                                        const T* cs, const T* ys, T* dpre, int64_t t) {
+                                        const T* cs, const T* ys, T* dpre, int64_t t, int64_t r0, int64_t r1) {
   const int64_t H = s.H;
-  lstm_rows<T, BackwardBody>(s, [&](int64_t r) {
+  lstm_rows<T, BackwardBody>(s, r0, r1, [&](int64_t r) {
     const int64_t k = r / s.B, b = r % s.B, at = (k * s.T + t) * s.B + b;
     const T* a = acts + at * s.G;
     T* d = dpre + at * s.G;
@@ -281,7 +290,6 @@ RNNBENCH_INLINE void lstm_backward_step(const LSTMShape& s, const T* peep, T* dp
     auto w = [&](int64_t row) { return row < 0 ? k0.zero.data() : peep + (k * s.P + row) * H; };
     auto gate = [&](int64_t off) { return off < 0 ? k0.one.data() : a + off; };
     auto dgate = [&](int64_t off, int64_t n) { return off < 0 ? k0.sink_row(n) : d + off; };
-    auto acc = [&](int64_t row, int64_t n) { return row < 0 ? k0.sink_row(n) : dpeep + (k * s.P + row) * H; };
     auto dz_gate = [&](int64_t off) {  // the gate's column block of the recurrent input (FGR), else zeros
       for (size_t n = 0; n < s.rec.size(); ++n)
         if (off >= 0 && s.rec[n] == off) return dzr + H + static_cast<int64_t>(n) * H;
@@ -292,18 +300,18 @@ RNNBENCH_INLINE void lstm_backward_step(const LSTMShape& s, const T* peep, T* dp
                               gate(s.oi), gate(s.of), a + s.og, gate(s.oo),
                               cprev ? cprev + (k * s.T * s.B + b) * H : k0.zero.data(), c,
                               s.phi_out == IDENTITY ? c : ys + at * H, w(s.pi), w(s.pf), w(s.po), dc + r * H,
-                              dgate(s.oi, 0), dgate(s.of, 1), d + s.og, dgate(s.oo, 2),
-                              acc(s.pi, 3), acc(s.pf, 4), acc(s.po, 5)};
+                              dgate(s.oi, 0), dgate(s.of, 1), d + s.og, dgate(s.oo, 2)};
   });
 }
 
-#define P_LSTM_FORWARD(T) \
-  (const LSTMShape& s, const T* peep, LSTMConstants<T>& k0, T* acts, const T* cprev, T* cs, T* ys, T* zs, int64_t t)
-#define A_LSTM_FORWARD (s, peep, k0, acts, cprev, cs, ys, zs, t)
-#define P_LSTM_BACKWARD(T) \
-  (const LSTMShape& s, const T* peep, T* dpeep, LSTMConstants<T>& k0, const T* dhs, const T* dz, T* dc, \
-   const T* acts, const T* cprev, const T* cs, const T* ys, T* dpre, int64_t t)
-#define A_LSTM_BACKWARD (s, peep, dpeep, k0, dhs, dz, dc, acts, cprev, cs, ys, dpre, t)
+#define P_LSTM_FORWARD(T)                                                                                 \
+  (const LSTMShape& s, const T* peep, const LSTMConstants<T>& k0, T* acts, const T* cprev, T* cs, T* ys, T* zs, \
+   int64_t t, int64_t r0, int64_t r1)
+#define A_LSTM_FORWARD (s, peep, k0, acts, cprev, cs, ys, zs, t, r0, r1)
+#define P_LSTM_BACKWARD(T)                                                                                \
+  (const LSTMShape& s, const T* peep, const LSTMConstants<T>& k0, const T* dhs, const T* dz, T* dc,        \
+   const T* acts, const T* cprev, const T* cs, const T* ys, T* dpre, int64_t t, int64_t r0, int64_t r1)
+#define A_LSTM_BACKWARD (s, peep, k0, dhs, dz, dc, acts, cprev, cs, ys, dpre, t, r0, r1)
 RNNBENCH_CLONED(lstm_forward_step, P_LSTM_FORWARD, A_LSTM_FORWARD)
 RNNBENCH_CLONED(lstm_backward_step, P_LSTM_BACKWARD, A_LSTM_BACKWARD)
 
@@ -338,6 +346,13 @@ void gemm_out(Tensor& out, const Tensor& self, const Tensor& a, const Tensor& b)
   }
 }
 
+// One step's elementwise pass over `rows` rows of width `width`, split across torch's intra-op threads (the
+// OpenMP pool of at::parallel_for, which the GEMMs use too) when there is enough work; rows are independent.
+template <typename F>
+void parallel_rows(int64_t rows, int64_t width, const F& f) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, kParallelElements / std::max<int64_t>(width, 1)), f);
+}
+
 void check_cpu(const Tensor& x, const char* name) {
   TORCH_CHECK(x.device().is_cpu() && x.is_contiguous(), "rnnbench native: ", name, " must be a contiguous CPU tensor");
 }
@@ -364,16 +379,17 @@ std::vector<Tensor> lstm_forward(const Tensor& xp, const Tensor& wrec, const std
       Tensor at_t = acts.select(1, t);
       gemm_out(at_t, at_t, z, wrec_t);
       const scalar_t* cprev = n == 0 ? nullptr : c + prev * s.B * s.H;
-      lstm_forward_step_any(s, pp, k0, a, cprev, c, y, zp, t);
+      parallel_rows(s.K * s.B, s.G, [&](int64_t r0, int64_t r1) {
+        lstm_forward_step_any(s, pp, k0, a, cprev, c, y, zp, t, r0, r1);
+      });
       z = zs.select(1, t);
     }
   });
   return {zs, cs, ys, acts};
 }
 
-// Returns dpre (K, T, B, G) and the peephole gradients (K, P, H) (empty without peepholes); the weight gradient
-// is one GEMM the caller forms from dpre.
-std::vector<Tensor> lstm_backward(const Tensor& dhs, const Tensor& cs, const Tensor& ys, const Tensor& acts,
+// Returns dpre (K, T, B, G); the caller forms the weight and peephole gradients from it (one GEMM, one product).
+Tensor lstm_backward(const Tensor& dhs, const Tensor& cs, const Tensor& ys, const Tensor& acts,
                      const Tensor& wrec, const std::optional<Tensor>& peep, at::IntArrayRef flags, bool reverse) {
   const int64_t P = peep.has_value() ? peep->size(1) : 0;
   LSTMShape s(acts, wrec, flags, P);
@@ -383,22 +399,22 @@ std::vector<Tensor> lstm_backward(const Tensor& dhs, const Tensor& cs, const Ten
   Tensor dpre = at::empty({s.K, s.T, s.B, s.G}, opt), dz = at::zeros({s.K, s.B, s.Z}, opt);
   Tensor dc = at::zeros({s.K, s.B, s.H}, opt);
   Tensor peep_c = peep.has_value() ? peep->contiguous() : Tensor();
-  Tensor dpeep = at::zeros({s.K, s.P, s.H}, opt);
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "rnnbench_lstm_backward", [&] {
     LSTMConstants<scalar_t> k0(s.Z, s.H);
     const scalar_t* pp = peep_c.defined() ? peep_c.data_ptr<scalar_t>() : nullptr;
     const scalar_t *a = acts.data_ptr<scalar_t>(), *c = cs.data_ptr<scalar_t>(), *y = ys.data_ptr<scalar_t>();
     const scalar_t* dh = dh_c.data_ptr<scalar_t>();
     scalar_t *d = dpre.data_ptr<scalar_t>(), *dzp = dz.data_ptr<scalar_t>(), *dcp = dc.data_ptr<scalar_t>();
-    scalar_t* dpp = s.P > 0 ? dpeep.data_ptr<scalar_t>() : nullptr;
     for (int64_t n = s.T - 1; n >= 0; --n) {
       const int64_t t = reverse ? s.T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
       const scalar_t* cprev = n == 0 ? nullptr : c + prev * s.B * s.H;
-      lstm_backward_step_any(s, pp, dpp, k0, dh, dzp, dcp, a, cprev, c, y, d, t);
+      parallel_rows(s.K * s.B, s.G, [&](int64_t r0, int64_t r1) {
+        lstm_backward_step_any(s, pp, k0, dh, dzp, dcp, a, cprev, c, y, d, t, r0, r1);
+      });
       if (n > 0) gemm_out(dz, Tensor(), dpre.select(1, t), wrec);
     }
   });
-  return {dpre, dpeep};
+  return dpre;
 }
 
 // ---- GRU (torch's: r scales W_hn h + b_hn) --------------------------------------------------------------------
@@ -486,7 +502,9 @@ std::vector<Tensor> gru_forward(const Tensor& xp, const Tensor& whh, const Tenso
       Tensor gh_t = ghs.select(1, t);
       gemm_out(gh_t, bias, h, whh_t);
       const scalar_t* hprev = n == 0 ? nullptr : hp + prev * B * H;
-      gru_forward_rows_any(T, B, H, x, g, hprev, rz, np, hp, zero.data(), t, 0, K * B);
+      parallel_rows(K * B, G, [&](int64_t r0, int64_t r1) {
+        gru_forward_rows_any(T, B, H, x, g, hprev, rz, np, hp, zero.data(), t, r0, r1);
+      });
       h = hs.select(1, t);
     }
   });
@@ -510,7 +528,9 @@ std::vector<Tensor> gru_backward(const Tensor& dhs, const Tensor& hs, const Tens
     for (int64_t n = T - 1; n >= 0; --n) {
       const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
       const scalar_t* hprev = n == 0 ? nullptr : hp + prev * B * H;
-      gru_backward_rows_any(T, B, H, dho, d, rz, np, g, hprev, dx, dn, dgp, hz, zero.data(), t, 0, K * B);
+      parallel_rows(K * B, G, [&](int64_t r0, int64_t r1) {
+        gru_backward_rows_any(T, B, H, dho, d, rz, np, g, hprev, dx, dn, dgp, hz, zero.data(), t, r0, r1);
+      });
       if (n > 0) gemm_out(dh, dhz, dg, whh);
     }
   });
@@ -631,9 +651,13 @@ std::vector<Tensor> gru_cho_forward(const Tensor& xp, const Tensor& w_rz, const 
       const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
       const scalar_t* hprev = n == 0 ? nullptr : hp + prev * B * H;
       gemm_out(pre_rz, x_rz.select(1, t), h, w_rz_t);
-      cho_gates_rows_any(T, B, H, prz, hprev, rz, rh, zero.data(), t, 0, K * B);
+      parallel_rows(K * B, 2 * H, [&](int64_t r0, int64_t r1) {
+        cho_gates_rows_any(T, B, H, prz, hprev, rz, rh, zero.data(), t, r0, r1);
+      });
       gemm_out(pre_n, x_n.select(1, t), rhs.select(1, t), w_n_t);
-      cho_state_rows_any(T, B, H, pn, hprev, rz, np, hp, zero.data(), t, 0, K * B);
+      parallel_rows(K * B, H, [&](int64_t r0, int64_t r1) {
+        cho_state_rows_any(T, B, H, pn, hprev, rz, np, hp, zero.data(), t, r0, r1);
+      });
       h = hs.select(1, t);
     }
   });
@@ -657,10 +681,14 @@ Tensor gru_cho_backward(const Tensor& dhs, const Tensor& hs, const Tensor& rzs, 
     for (int64_t n = T - 1; n >= 0; --n) {
       const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
       const scalar_t* hprev = n == 0 ? nullptr : hp + prev * B * H;
-      cho_dn_rows_any(T, B, H, dho, d, s, rz, np, dx, t, 0, K * B);
+      parallel_rows(K * B, H, [&](int64_t r0, int64_t r1) {
+        cho_dn_rows_any(T, B, H, dho, d, s, rz, np, dx, t, r0, r1);
+      });
       Tensor dxt = dxp.select(1, t);
       gemm_out(drh, Tensor(), dxt.narrow(2, 2 * H, H), w_n);
-      cho_drz_rows_any(T, B, H, s, q, rz, np, hprev, dx, c, zero.data(), t, 0, K * B);
+      parallel_rows(K * B, 2 * H, [&](int64_t r0, int64_t r1) {
+        cho_drz_rows_any(T, B, H, s, q, rz, np, hprev, dx, c, zero.data(), t, r0, r1);
+      });
       if (n > 0) gemm_out(dh, carry, dxt.narrow(2, 0, 2 * H), w_rz);
     }
   });
@@ -688,10 +716,10 @@ RNNBENCH_INLINE T min_g_grad(T v, T s) {
 }
 
 template <typename T>
-RNNBENCH_INLINE void min_forward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre,
+RNNBENCH_INLINE void min_forward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre,
                                       const T* hprev, const T* zero, T* hs, int64_t t) {
   const int64_t G = kind == MINGRU ? 2 * H : 3 * H;
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = r0; r < rows; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b;
     const T* __restrict p = pre + at * G;
     T* __restrict h = hs + at * H;
@@ -715,10 +743,10 @@ RNNBENCH_INLINE void min_forward_rows(int64_t T_, int64_t rows, int64_t B, int64
 
 // d pre of step t from the carried gradient dh (updated in place to d h_{t-1}) and d h_t from the output.
 template <typename T>
-RNNBENCH_INLINE void min_backward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre,
+RNNBENCH_INLINE void min_backward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre,
                                        const T* hprev, const T* zero, const T* dhs, T* dh, T* dpre, int64_t t) {
   const int64_t G = kind == MINGRU ? 2 * H : 3 * H;
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = r0; r < rows; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b;
     const T* __restrict p = pre + at * G;
     const T* __restrict dho = dhs + at * H;
@@ -750,9 +778,9 @@ RNNBENCH_INLINE void min_backward_rows(int64_t T_, int64_t rows, int64_t B, int6
 }
 
 template <typename T>
-RNNBENCH_INLINE void ind_forward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t activation,
+RNNBENCH_INLINE void ind_forward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t activation,
                                       const T* xp, const T* u, const T* hprev, const T* zero, T* hs, int64_t t) {
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = r0; r < rows; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b;
     const T* __restrict x = xp + at * H;
     const T* __restrict w = u + k * H;
@@ -782,10 +810,10 @@ RNNBENCH_INLINE void ind_backward_row(int64_t H, const T* __restrict w, const T*
 }
 
 template <typename T>
-RNNBENCH_INLINE void ind_backward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t activation,
+RNNBENCH_INLINE void ind_backward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t activation,
                                        const T* u, const T* hs, const T* hprev, const T* zero, const T* dhs,
                                        T* dh, T* dxp, T* du, int64_t t) {
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = r0; r < rows; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b;
     const T *w = u + k * H, *h = hs + at * H, *hp = hprev ? hprev + (k * T_ * B + b) * H : zero, *dho = dhs + at * H;
     T *d = dh + r * H, *dx = dxp + at * H, *acc = du + k * H;
@@ -794,19 +822,19 @@ RNNBENCH_INLINE void ind_backward_rows(int64_t T_, int64_t rows, int64_t B, int6
   }
 }
 
-#define P_MIN_FORWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre, \
+#define P_MIN_FORWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre, \
                           const T* hprev, const T* zero, T* hs, int64_t t)
-#define A_MIN_FORWARD (T_, rows, B, H, kind, pre, hprev, zero, hs, t)
-#define P_MIN_BACKWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre, \
+#define A_MIN_FORWARD (T_, r0, rows, B, H, kind, pre, hprev, zero, hs, t)
+#define P_MIN_BACKWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre, \
                            const T* hprev, const T* zero, const T* dhs, T* dh, T* dpre, int64_t t)
-#define A_MIN_BACKWARD (T_, rows, B, H, kind, pre, hprev, zero, dhs, dh, dpre, t)
-#define P_IND_FORWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t activation, const T* xp, \
+#define A_MIN_BACKWARD (T_, r0, rows, B, H, kind, pre, hprev, zero, dhs, dh, dpre, t)
+#define P_IND_FORWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t activation, const T* xp, \
                           const T* u, const T* hprev, const T* zero, T* hs, int64_t t)
-#define A_IND_FORWARD (T_, rows, B, H, activation, xp, u, hprev, zero, hs, t)
-#define P_IND_BACKWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t activation, const T* u, \
+#define A_IND_FORWARD (T_, r0, rows, B, H, activation, xp, u, hprev, zero, hs, t)
+#define P_IND_BACKWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t activation, const T* u, \
                            const T* hs, const T* hprev, const T* zero, const T* dhs, T* dh, T* dxp, T* du, \
                            int64_t t)
-#define A_IND_BACKWARD (T_, rows, B, H, activation, u, hs, hprev, zero, dhs, dh, dxp, du, t)
+#define A_IND_BACKWARD (T_, r0, rows, B, H, activation, u, hs, hprev, zero, dhs, dh, dxp, du, t)
 RNNBENCH_CLONED(min_forward_rows, P_MIN_FORWARD, A_MIN_FORWARD)
 RNNBENCH_CLONED(min_backward_rows, P_MIN_BACKWARD, A_MIN_BACKWARD)
 RNNBENCH_CLONED(ind_forward_rows, P_IND_FORWARD, A_IND_FORWARD)
@@ -822,10 +850,12 @@ Tensor min_forward(const Tensor& pre, int64_t kind, bool reverse) {
     std::vector<scalar_t> zero(H, scalar_t(0));
     const scalar_t* p = pre.data_ptr<scalar_t>();
     scalar_t* h = hs.data_ptr<scalar_t>();
-    for (int64_t n = 0; n < T; ++n) {
-      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
-      min_forward_rows_any(T, K * B, B, H, kind, p, n == 0 ? nullptr : h + prev * B * H, zero.data(), h, t);
-    }
+    parallel_rows(K * B, T * H, [&](int64_t r0, int64_t r1) {  // rows are independent: the whole loop per row
+      for (int64_t n = 0; n < T; ++n) {
+        const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+        min_forward_rows_any(T, r0, r1, B, H, kind, p, n == 0 ? nullptr : h + prev * B * H, zero.data(), h, t);
+      }
+    });
   });
   return hs;
 }
@@ -840,11 +870,13 @@ Tensor min_backward(const Tensor& dhs, const Tensor& pre, const Tensor& hs, int6
     std::vector<scalar_t> zero(H, scalar_t(0));
     const scalar_t *p = pre.data_ptr<scalar_t>(), *h = hs.data_ptr<scalar_t>(), *dho = dh_c.data_ptr<scalar_t>();
     scalar_t *d = dh.data_ptr<scalar_t>(), *dp = dpre.data_ptr<scalar_t>();
-    for (int64_t n = T - 1; n >= 0; --n) {
-      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
-      min_backward_rows_any(T, K * B, B, H, kind, p, n == 0 ? nullptr : h + prev * B * H, zero.data(), dho, d, dp,
-                            t);
-    }
+    parallel_rows(K * B, T * H, [&](int64_t r0, int64_t r1) {
+      for (int64_t n = T - 1; n >= 0; --n) {
+        const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+        min_backward_rows_any(T, r0, r1, B, H, kind, p, n == 0 ? nullptr : h + prev * B * H, zero.data(), dho, d,
+                              dp, t);
+      }
+    });
   });
   return dpre;
 }
@@ -858,10 +890,13 @@ Tensor indrnn_forward(const Tensor& xp, const Tensor& u, int64_t activation, boo
     std::vector<scalar_t> zero(H, scalar_t(0));
     const scalar_t *x = xp.data_ptr<scalar_t>(), *w = u_c.data_ptr<scalar_t>();
     scalar_t* h = hs.data_ptr<scalar_t>();
-    for (int64_t n = 0; n < T; ++n) {
-      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
-      ind_forward_rows_any(T, K * B, B, H, activation, x, w, n == 0 ? nullptr : h + prev * B * H, zero.data(), h, t);
-    }
+    parallel_rows(K * B, T * H, [&](int64_t r0, int64_t r1) {  // rows are independent: the whole loop per row
+      for (int64_t n = 0; n < T; ++n) {
+        const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+        ind_forward_rows_any(T, r0, r1, B, H, activation, x, w, n == 0 ? nullptr : h + prev * B * H, zero.data(), h,
+                             t);
+      }
+    });
   });
   return hs;
 }
@@ -872,18 +907,22 @@ std::vector<Tensor> indrnn_backward(const Tensor& dhs, const Tensor& hs, const T
   check_cpu(hs, "hs");
   const int64_t K = hs.size(0), T = hs.size(1), B = hs.size(2), H = hs.size(3);
   Tensor dh_c = dhs.contiguous(), u_c = u.contiguous(), dxp = at::empty_like(hs);
-  Tensor dh = at::zeros({K, B, H}, hs.options()), du = at::zeros({K, H}, hs.options());
+  Tensor dh = at::zeros({K, B, H}, hs.options());
+  Tensor du = at::zeros({at::get_num_threads(), K, H}, hs.options());  // each thread's sum over its rows
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnnbench_indrnn_backward", [&] {
     std::vector<scalar_t> zero(H, scalar_t(0));
     const scalar_t *w = u_c.data_ptr<scalar_t>(), *h = hs.data_ptr<scalar_t>(), *dho = dh_c.data_ptr<scalar_t>();
-    scalar_t *d = dh.data_ptr<scalar_t>(), *dx = dxp.data_ptr<scalar_t>(), *acc = du.data_ptr<scalar_t>();
-    for (int64_t n = T - 1; n >= 0; --n) {
-      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
-      ind_backward_rows_any(T, K * B, B, H, activation, w, h, n == 0 ? nullptr : h + prev * B * H, zero.data(), dho,
-                            d, dx, acc, t);
-    }
+    scalar_t *d = dh.data_ptr<scalar_t>(), *dx = dxp.data_ptr<scalar_t>();
+    parallel_rows(K * B, T * H, [&](int64_t r0, int64_t r1) {
+      scalar_t* acc = du.data_ptr<scalar_t>() + at::get_thread_num() * K * H;
+      for (int64_t n = T - 1; n >= 0; --n) {
+        const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+        ind_backward_rows_any(T, r0, r1, B, H, activation, w, h, n == 0 ? nullptr : h + prev * B * H, zero.data(),
+                              dho, d, dx, acc, t);
+      }
+    });
   });
-  return {dxp, du};
+  return {dxp, du.sum(0)};
 }
 
 // ---- sLSTM (xLSTM), one head --------------------------------------------------------------------------------------
@@ -910,10 +949,10 @@ RNNBENCH_INLINE void slstm_forward_row(int64_t H, const T* __restrict p, const T
 }
 
 template <typename T>
-RNNBENCH_INLINE void slstm_forward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, bool exp_forget,
+RNNBENCH_INLINE void slstm_forward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, bool exp_forget,
                                         const T* pre, const T* cprev, const T* nprev, const T* zero, T* m, T* acts,
                                         T* cs, T* ns, T* hs, int64_t t) {
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = r0; r < rows; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b, back = (k * T_ * B + b) * H;
     const T *c0 = cprev ? cprev + back : zero, *n0 = nprev ? nprev + back : zero;
     if (exp_forget)
@@ -926,10 +965,10 @@ RNNBENCH_INLINE void slstm_forward_rows(int64_t T_, int64_t rows, int64_t B, int
 }
 
 template <typename T>
-RNNBENCH_INLINE void slstm_backward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, const T* dhs, const T* dz,
-                                         const T* acts, const T* cs, const T* ns, const T* cprev, const T* nprev,
-                                         const T* zero, T* dc, T* dn, T* dpre, int64_t t) {
-  for (int64_t r = 0; r < rows; ++r) {
+RNNBENCH_INLINE void slstm_backward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, const T* dhs,
+                                         const T* dz, const T* acts, const T* cs, const T* ns, const T* cprev,
+                                         const T* nprev, const T* zero, T* dc, T* dn, T* dpre, int64_t t) {
+  for (int64_t r = r0; r < rows; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b, back = (k * T_ * B + b) * H;
     const T* __restrict dho = dhs + at * H;
     const T* __restrict dzr = dz + r * H;
@@ -955,14 +994,14 @@ RNNBENCH_INLINE void slstm_backward_rows(int64_t T_, int64_t rows, int64_t B, in
   }
 }
 
-#define P_SLSTM_FORWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, bool exp_forget, const T* pre, \
+#define P_SLSTM_FORWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, bool exp_forget, const T* pre, \
                             const T* cprev, const T* nprev, const T* zero, T* m, T* acts, T* cs, T* ns, T* hs, \
                             int64_t t)
-#define A_SLSTM_FORWARD (T_, rows, B, H, exp_forget, pre, cprev, nprev, zero, m, acts, cs, ns, hs, t)
-#define P_SLSTM_BACKWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, const T* dhs, const T* dz, \
+#define A_SLSTM_FORWARD (T_, r0, rows, B, H, exp_forget, pre, cprev, nprev, zero, m, acts, cs, ns, hs, t)
+#define P_SLSTM_BACKWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, const T* dhs, const T* dz, \
                              const T* acts, const T* cs, const T* ns, const T* cprev, const T* nprev, \
                              const T* zero, T* dc, T* dn, T* dpre, int64_t t)
-#define A_SLSTM_BACKWARD (T_, rows, B, H, dhs, dz, acts, cs, ns, cprev, nprev, zero, dc, dn, dpre, t)
+#define A_SLSTM_BACKWARD (T_, r0, rows, B, H, dhs, dz, acts, cs, ns, cprev, nprev, zero, dc, dn, dpre, t)
 RNNBENCH_CLONED(slstm_forward_rows, P_SLSTM_FORWARD, A_SLSTM_FORWARD)
 RNNBENCH_CLONED(slstm_backward_rows, P_SLSTM_BACKWARD, A_SLSTM_BACKWARD)
 
@@ -983,8 +1022,10 @@ std::vector<Tensor> slstm_forward(const Tensor& xp, const Tensor& whh, bool exp_
       const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
       gemm_out(pre, xp.select(1, t), h, whh_t);
       const bool first = n == 0;
-      slstm_forward_rows_any(T, K * B, B, H, exp_forget, pp, first ? nullptr : c + prev * B * H,
-                             first ? nullptr : np + prev * B * H, zero.data(), mp, a, c, np, hp, t);
+      parallel_rows(K * B, H, [&](int64_t r0, int64_t r1) {
+        slstm_forward_rows_any(T, r0, r1, B, H, exp_forget, pp, first ? nullptr : c + prev * B * H,
+                               first ? nullptr : np + prev * B * H, zero.data(), mp, a, c, np, hp, t);
+      });
       h = hs.select(1, t);
     }
   });
@@ -1008,8 +1049,10 @@ Tensor slstm_backward(const Tensor& dhs, const Tensor& cs, const Tensor& ns, con
     for (int64_t n = T - 1; n >= 0; --n) {
       const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
       const bool first = n == 0;
-      slstm_backward_rows_any(T, K * B, B, H, dho, dzp, a, c, np, first ? nullptr : c + prev * B * H,
-                              first ? nullptr : np + prev * B * H, zero.data(), dcp, dnp, d, t);
+      parallel_rows(K * B, H, [&](int64_t r0, int64_t r1) {
+        slstm_backward_rows_any(T, r0, r1, B, H, dho, dzp, a, c, np, first ? nullptr : c + prev * B * H,
+                                first ? nullptr : np + prev * B * H, zero.data(), dcp, dnp, d, t);
+      });
       if (n > 0) gemm_out(dz, Tensor(), dpre.select(1, t), whh);
     }
   });
@@ -1019,10 +1062,10 @@ Tensor slstm_backward(const Tensor& dhs, const Tensor& cs, const Tensor& ns, con
 // ---- LRU: a diagonal complex linear recurrence, constant in time ------------------------------------------------
 // s_t = lambda s_{t-1} + b_t as real pairs; lambda (K, N) as (lr, li); b and s (K, T, B, N) each.
 template <typename T>
-RNNBENCH_INLINE void lru_forward_rows(int64_t T_, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li,
+RNNBENCH_INLINE void lru_forward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li,
                                       const T* b_re, const T* b_im, const T* prev_re, const T* prev_im,
                                       const T* zero, T* s_re, T* s_im, int64_t t) {
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = r0; r < rows; ++r) {
     const int64_t k = r / B, b = r % B, at = ((k * T_ + t) * B + b) * N, back = (k * T_ * B + b) * N;
     const T *__restrict wr = lr + k * N, *__restrict wi = li + k * N;
     const T *__restrict xr = b_re + at, *__restrict xi = b_im + at;
@@ -1038,11 +1081,11 @@ RNNBENCH_INLINE void lru_forward_rows(int64_t T_, int64_t rows, int64_t B, int64
 
 // d b_t (= d s_t, the output gradient plus the carry) and the lambda gradient, summed.
 template <typename T>
-RNNBENCH_INLINE void lru_backward_rows(int64_t T_, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li,
+RNNBENCH_INLINE void lru_backward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li,
                                        const T* ds_re, const T* ds_im, const T* prev_re, const T* prev_im,
                                        const T* zero, T* carry_re, T* carry_im, T* db_re, T* db_im, T* dlr, T* dli,
                                        int64_t t) {
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = r0; r < rows; ++r) {
     const int64_t k = r / B, b = r % B, at = ((k * T_ + t) * B + b) * N, back = (k * T_ * B + b) * N;
     const T *__restrict wr = lr + k * N, *__restrict wi = li + k * N;
     const T *__restrict gr_out = ds_re + at, *__restrict gi_out = ds_im + at;
@@ -1062,14 +1105,14 @@ RNNBENCH_INLINE void lru_backward_rows(int64_t T_, int64_t rows, int64_t B, int6
   }
 }
 
-#define P_LRU_FORWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li, const T* b_re, \
+#define P_LRU_FORWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li, const T* b_re, \
                           const T* b_im, const T* prev_re, const T* prev_im, const T* zero, T* s_re, T* s_im, \
                           int64_t t)
-#define A_LRU_FORWARD (T_, rows, B, N, lr, li, b_re, b_im, prev_re, prev_im, zero, s_re, s_im, t)
-#define P_LRU_BACKWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li, \
+#define A_LRU_FORWARD (T_, r0, rows, B, N, lr, li, b_re, b_im, prev_re, prev_im, zero, s_re, s_im, t)
+#define P_LRU_BACKWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li, \
                            const T* ds_re, const T* ds_im, const T* prev_re, const T* prev_im, const T* zero, \
                            T* carry_re, T* carry_im, T* db_re, T* db_im, T* dlr, T* dli, int64_t t)
-#define A_LRU_BACKWARD (T_, rows, B, N, lr, li, ds_re, ds_im, prev_re, prev_im, zero, carry_re, carry_im, db_re, \
+#define A_LRU_BACKWARD (T_, r0, rows, B, N, lr, li, ds_re, ds_im, prev_re, prev_im, zero, carry_re, carry_im, db_re, \
                         db_im, dlr, dli, t)
 RNNBENCH_CLONED(lru_forward_rows, P_LRU_FORWARD, A_LRU_FORWARD)
 RNNBENCH_CLONED(lru_backward_rows, P_LRU_BACKWARD, A_LRU_BACKWARD)
@@ -1084,13 +1127,15 @@ std::vector<Tensor> lru_forward(const Tensor& lr, const Tensor& li, const Tensor
     std::vector<scalar_t> zero(N, scalar_t(0));
     const scalar_t *xr = b_re.data_ptr<scalar_t>(), *xi = b_im.data_ptr<scalar_t>();
     scalar_t *sr = s_re.data_ptr<scalar_t>(), *si = s_im.data_ptr<scalar_t>();
-    for (int64_t n = 0; n < T; ++n) {
-      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
-      const bool first = n == 0;
-      lru_forward_rows_any(T, K * B, B, N, wr.data_ptr<scalar_t>(), wi.data_ptr<scalar_t>(), xr, xi,
-                           first ? nullptr : sr + prev * B * N, first ? nullptr : si + prev * B * N, zero.data(), sr,
-                           si, t);
-    }
+    parallel_rows(K * B, T * N, [&](int64_t r0, int64_t r1) {  // rows are independent: the whole loop per row
+      for (int64_t n = 0; n < T; ++n) {
+        const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+        const bool first = n == 0;
+        lru_forward_rows_any(T, r0, r1, B, N, wr.data_ptr<scalar_t>(), wi.data_ptr<scalar_t>(), xr, xi,
+                             first ? nullptr : sr + prev * B * N, first ? nullptr : si + prev * B * N, zero.data(),
+                             sr, si, t);
+      }
+    });
   });
   return {s_re, s_im};
 }
@@ -1104,31 +1149,35 @@ std::vector<Tensor> lru_backward(const Tensor& ds_re, const Tensor& ds_im, const
   Tensor gr = ds_re.contiguous(), gi = ds_im.contiguous(), wr = lr.contiguous(), wi = li.contiguous();
   Tensor db_re = at::empty_like(s_re), db_im = at::empty_like(s_im);
   Tensor carry_re = at::zeros({K, B, N}, opt), carry_im = at::zeros({K, B, N}, opt);
-  Tensor dlr = at::zeros({K, N}, opt), dli = at::zeros({K, N}, opt);
+  const int64_t threads = at::get_num_threads();  // each thread's sums over its rows
+  Tensor dlr = at::zeros({threads, K, N}, opt), dli = at::zeros({threads, K, N}, opt);
   AT_DISPATCH_FLOATING_TYPES(s_re.scalar_type(), "rnnbench_lru_backward", [&] {
     std::vector<scalar_t> zero(N, scalar_t(0));
     const scalar_t *sr = s_re.data_ptr<scalar_t>(), *si = s_im.data_ptr<scalar_t>();
-    for (int64_t n = T - 1; n >= 0; --n) {
-      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
-      const bool first = n == 0;
-      lru_backward_rows_any(T, K * B, B, N, wr.data_ptr<scalar_t>(), wi.data_ptr<scalar_t>(),
-                            gr.data_ptr<scalar_t>(), gi.data_ptr<scalar_t>(), first ? nullptr : sr + prev * B * N,
-                            first ? nullptr : si + prev * B * N, zero.data(), carry_re.data_ptr<scalar_t>(),
-                            carry_im.data_ptr<scalar_t>(), db_re.data_ptr<scalar_t>(), db_im.data_ptr<scalar_t>(),
-                            dlr.data_ptr<scalar_t>(), dli.data_ptr<scalar_t>(), t);
-    }
+    parallel_rows(K * B, T * N, [&](int64_t r0, int64_t r1) {
+      const int64_t own = at::get_thread_num() * K * N;
+      for (int64_t n = T - 1; n >= 0; --n) {
+        const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+        const bool first = n == 0;
+        lru_backward_rows_any(T, r0, r1, B, N, wr.data_ptr<scalar_t>(), wi.data_ptr<scalar_t>(),
+                              gr.data_ptr<scalar_t>(), gi.data_ptr<scalar_t>(), first ? nullptr : sr + prev * B * N,
+                              first ? nullptr : si + prev * B * N, zero.data(), carry_re.data_ptr<scalar_t>(),
+                              carry_im.data_ptr<scalar_t>(), db_re.data_ptr<scalar_t>(), db_im.data_ptr<scalar_t>(),
+                              dlr.data_ptr<scalar_t>() + own, dli.data_ptr<scalar_t>() + own, t);
+      }
+    });
   });
-  return {db_re, db_im, dlr, dli};
+  return {db_re, db_im, dlr.sum(0), dli.sum(0)};
 }
 
 // ---- S6 (Mamba's selective SSM): s_t = exp(dt_t A) s_{t-1} + (dt_t u_t) B_t, y_t = s_t C_t -----------------------
 // Per channel h a state of N; u, dt (K, T, B, H); Bm, C (K, T, B, N); A as (K, N, H); the states (K, T, B, N, H),
 // saved. The element loops run over the H channels (N is small: 8 or 16), n outside.
 template <typename T>
-RNNBENCH_INLINE void s6_forward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t N, const T* u,
-                                     const T* dt, const T* A, const T* Bm, const T* C, const T* prev, const T* zero,
-                                     T* ss, T* ys, int64_t t) {
-  for (int64_t r = 0; r < rows; ++r) {
+RNNBENCH_INLINE void s6_forward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t N,
+                                     const T* u, const T* dt, const T* A, const T* Bm, const T* C, const T* prev,
+                                     const T* zero, T* ss, T* ys, int64_t t) {
+  for (int64_t r = r0; r < rows; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b, back = (k * T_ * B + b) * N * H;
     const T *__restrict ur = u + at * H, *__restrict d = dt + at * H;
     T* __restrict y = ys + at * H;
@@ -1150,11 +1199,11 @@ RNNBENCH_INLINE void s6_forward_rows(int64_t T_, int64_t rows, int64_t B, int64_
 
 // du and ddt hold the sums over n (of g B and of d(dt A) A) until the row's last n, then the gradients.
 template <typename T>
-RNNBENCH_INLINE void s6_backward_rows(int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t N, const T* u,
-                                      const T* dt, const T* A, const T* Bm, const T* C, const T* ss, const T* prev,
-                                      const T* zero, const T* dys, T* dS, T* du, T* ddt, T* dB, T* dC, T* dA,
-                                      int64_t t) {
-  for (int64_t r = 0; r < rows; ++r) {
+RNNBENCH_INLINE void s6_backward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t N,
+                                      const T* u, const T* dt, const T* A, const T* Bm, const T* C, const T* ss,
+                                      const T* prev, const T* zero, const T* dys, T* dS, T* du, T* ddt, T* dB, T* dC,
+                                      T* dA, int64_t t) {
+  for (int64_t r = r0; r < rows; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b, back = (k * T_ * B + b) * N * H;
     const T *__restrict ur = u + at * H, *__restrict d = dt + at * H, *__restrict dy = dys + at * H;
     T *__restrict sum_gb = du + at * H, *__restrict sum_da = ddt + at * H;
@@ -1191,13 +1240,13 @@ RNNBENCH_INLINE void s6_backward_rows(int64_t T_, int64_t rows, int64_t B, int64
   }
 }
 
-#define P_S6_FORWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t N, const T* u, const T* dt, \
+#define P_S6_FORWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t N, const T* u, const T* dt, \
                          const T* A, const T* Bm, const T* C, const T* prev, const T* zero, T* ss, T* ys, int64_t t)
-#define A_S6_FORWARD (T_, rows, B, H, N, u, dt, A, Bm, C, prev, zero, ss, ys, t)
-#define P_S6_BACKWARD(T) (int64_t T_, int64_t rows, int64_t B, int64_t H, int64_t N, const T* u, const T* dt, \
+#define A_S6_FORWARD (T_, r0, rows, B, H, N, u, dt, A, Bm, C, prev, zero, ss, ys, t)
+#define P_S6_BACKWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t N, const T* u, const T* dt, \
                           const T* A, const T* Bm, const T* C, const T* ss, const T* prev, const T* zero, \
                           const T* dys, T* dS, T* du, T* ddt, T* dB, T* dC, T* dA, int64_t t)
-#define A_S6_BACKWARD (T_, rows, B, H, N, u, dt, A, Bm, C, ss, prev, zero, dys, dS, du, ddt, dB, dC, dA, t)
+#define A_S6_BACKWARD (T_, r0, rows, B, H, N, u, dt, A, Bm, C, ss, prev, zero, dys, dS, du, ddt, dB, dC, dA, t)
 RNNBENCH_CLONED(s6_forward_rows, P_S6_FORWARD, A_S6_FORWARD)
 RNNBENCH_CLONED(s6_backward_rows, P_S6_BACKWARD, A_S6_BACKWARD)
 
@@ -1210,12 +1259,14 @@ std::vector<Tensor> s6_forward(const Tensor& u, const Tensor& dt, const Tensor& 
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "rnnbench_s6_forward", [&] {
     std::vector<scalar_t> zero(H, scalar_t(0));
     scalar_t *s = ss.data_ptr<scalar_t>(), *y = ys.data_ptr<scalar_t>();
-    for (int64_t n = 0; n < T; ++n) {
-      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
-      s6_forward_rows_any(T, K * B, B, H, N, u.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(), a_nh.data_ptr<scalar_t>(),
-                          Bm.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), n == 0 ? nullptr : s + prev * B * H * N,
-                          zero.data(), s, y, t);
-    }
+    parallel_rows(K * B, T * N * H, [&](int64_t r0, int64_t r1) {  // rows are independent: the whole loop per row
+      for (int64_t n = 0; n < T; ++n) {
+        const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+        s6_forward_rows_any(T, r0, r1, B, H, N, u.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(),
+                            a_nh.data_ptr<scalar_t>(), Bm.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(),
+                            n == 0 ? nullptr : s + prev * B * H * N, zero.data(), s, y, t);
+      }
+    });
   });
   return {ys, ss};
 }
@@ -1226,21 +1277,25 @@ std::vector<Tensor> s6_backward(const Tensor& dys, const Tensor& u, const Tensor
   for (const Tensor* x : {&u, &dt, &A, &Bm, &C, &ss}) check_cpu(*x, "s6 inputs");
   const int64_t K = u.size(0), T = u.size(1), B = u.size(2), H = u.size(3), N = A.size(2);
   Tensor dy = dys.contiguous(), du = at::empty_like(u), ddt = at::empty_like(u), dB = at::empty_like(Bm);
-  Tensor dC = at::empty_like(C), dA = at::zeros({K, N, H}, u.options()), dS = at::zeros({K, B, N, H}, u.options());
+  Tensor dC = at::empty_like(C), dS = at::zeros({K, B, N, H}, u.options());
+  Tensor dA = at::zeros({at::get_num_threads(), K, N, H}, u.options());  // each thread's sum over its rows
   Tensor a_nh = A.transpose(1, 2).contiguous();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "rnnbench_s6_backward", [&] {
     std::vector<scalar_t> zero(H, scalar_t(0));
     const scalar_t* s = ss.data_ptr<scalar_t>();
-    for (int64_t n = T - 1; n >= 0; --n) {
-      const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
-      s6_backward_rows_any(T, K * B, B, H, N, u.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(), a_nh.data_ptr<scalar_t>(),
-                           Bm.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), s, n == 0 ? nullptr : s + prev * B * H * N,
-                           zero.data(), dy.data_ptr<scalar_t>(), dS.data_ptr<scalar_t>(), du.data_ptr<scalar_t>(),
-                           ddt.data_ptr<scalar_t>(), dB.data_ptr<scalar_t>(), dC.data_ptr<scalar_t>(),
-                           dA.data_ptr<scalar_t>(), t);
-    }
+    parallel_rows(K * B, T * N * H, [&](int64_t r0, int64_t r1) {
+      scalar_t* dA_own = dA.data_ptr<scalar_t>() + at::get_thread_num() * K * N * H;
+      for (int64_t n = T - 1; n >= 0; --n) {
+        const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
+        s6_backward_rows_any(T, r0, r1, B, H, N, u.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(),
+                             a_nh.data_ptr<scalar_t>(), Bm.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), s,
+                             n == 0 ? nullptr : s + prev * B * H * N, zero.data(), dy.data_ptr<scalar_t>(),
+                             dS.data_ptr<scalar_t>(), du.data_ptr<scalar_t>(), ddt.data_ptr<scalar_t>(),
+                             dB.data_ptr<scalar_t>(), dC.data_ptr<scalar_t>(), dA_own, t);
+      }
+    });
   });
-  return {du, ddt, dB, dC, dA.transpose(1, 2).contiguous()};
+  return {du, ddt, dB, dC, dA.sum(0).transpose(1, 2).contiguous()};
 }
 
 }  // namespace
@@ -1248,7 +1303,7 @@ std::vector<Tensor> s6_backward(const Tensor& dys, const Tensor& u, const Tensor
 TORCH_LIBRARY(rnnbench, m) {
   m.def("lstm_forward(Tensor xp, Tensor wrec, Tensor? peep, int[] flags, bool reverse) -> Tensor[]", &lstm_forward);
   m.def("lstm_backward(Tensor dhs, Tensor cs, Tensor ys, Tensor acts, Tensor wrec, Tensor? peep, "
-        "int[] flags, bool reverse) -> Tensor[]", &lstm_backward);
+        "int[] flags, bool reverse) -> Tensor", &lstm_backward);
   m.def("gru_forward(Tensor xp, Tensor whh, Tensor bhh, bool reverse) -> Tensor[]", &gru_forward);
   m.def("gru_backward(Tensor dhs, Tensor hs, Tensor rzs, Tensor ns, Tensor ghs, Tensor whh, bool reverse) -> Tensor[]",
         &gru_backward);
