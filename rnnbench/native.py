@@ -1,7 +1,7 @@
 """The compiled time loops of :mod:`rnnbench.kernels` (``csrc/steps.cpp``): built at first use, cached, optional.
 
 The first process that needs them compiles ``steps.cpp`` against the installed torch with the machine's C++
-compiler (``$CXX``, else ``c++``; about 20 s, once) into ``$RNNBENCH_CACHE`` (default
+compiler (``$CXX``, else ``c++``; about 40 s, once) into ``$RNNBENCH_CACHE`` (default
 ``~/.cache/rnnbench``), under a name that hashes the source, torch's version and the compiler command, so a
 new torch or a changed source builds anew and a shared cache never serves a mismatched library. The library is
 written to a temporary name and renamed into place: processes that build at once each finish and one copy wins;
@@ -94,7 +94,7 @@ def ops() -> Any | None:
     target = library_path(compiler)
     try:
         if not target.exists():
-            _notice(f"compiling the time loops for this machine into {target} (once, about 20 s)")
+            _notice(f"compiling the time loops for this machine into {target} (once, about 40 s)")
             build(compiler, target)
         torch.ops.load_library(str(target))
     except (OSError, RuntimeError) as err:
