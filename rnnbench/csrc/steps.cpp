@@ -178,7 +178,7 @@ RNNBENCH_INLINE void lstm_forward_row(const LSTMForwardRow<T>& r, int64_t H) {
 template <typename T>
 struct LSTMBackwardRow {
   const T *dh, *dzh, *dzi, *dzf, *dzo;  // d h_t from the output; d of the recurrent input from the step after
-  const T *ai, *af, *g, *ao, *cp, *c, *y;
+  const T *ai, *af, *g, *ao, *cp, *y;
   const T *wi, *wf, *wo;
   T* dc;                               // carried d c
   T *dpi, *dpf, *dpg, *dpo;            // d pre-activations
@@ -188,7 +188,7 @@ template <typename T, int64_t PhiIn, int64_t PhiOut, bool Coupled>
 RNNBENCH_INLINE void lstm_backward_row(const LSTMBackwardRow<T>& r, int64_t H) {
   const T *__restrict dh_in = r.dh, *__restrict dzh = r.dzh, *__restrict dzi = r.dzi, *__restrict dzf = r.dzf;
   const T *__restrict dzo = r.dzo, *__restrict ai_ = r.ai, *__restrict af_ = r.af, *__restrict g_ = r.g;
-  const T *__restrict ao_ = r.ao, *__restrict cp = r.cp, *__restrict c_ = r.c, *__restrict y_ = r.y;
+  const T *__restrict ao_ = r.ao, *__restrict cp = r.cp, *__restrict y_ = r.y;
   const T *__restrict wi = r.wi, *__restrict wf = r.wf, *__restrict wo = r.wo;
   T *__restrict dc = r.dc, *__restrict dpi_out = r.dpi, *__restrict dpf_out = r.dpf, *__restrict dpg_out = r.dpg;
   T *__restrict dpo_out = r.dpo;
@@ -298,7 +298,7 @@ RNNBENCH_INLINE void lstm_backward_step(const LSTMShape& s, const T* peep, const
     const T* c = cs + at * H;
     return LSTMBackwardRow<T>{dhs + at * H, dzr, dz_gate(s.oi), dz_gate(s.of), dz_gate(s.oo),
                               gate(s.oi), gate(s.of), a + s.og, gate(s.oo),
-                              cprev ? cprev + (k * s.T * s.B + b) * H : k0.zero.data(), c,
+                              cprev ? cprev + (k * s.T * s.B + b) * H : k0.zero.data(),
                               s.phi_out == IDENTITY ? c : ys + at * H, w(s.pi), w(s.pf), w(s.po), dc + r * H,
                               dgate(s.oi, 0), dgate(s.of, 1), d + s.og, dgate(s.oo, 2)};
   });
