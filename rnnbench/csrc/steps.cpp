@@ -353,6 +353,20 @@ void parallel_rows(int64_t rows, int64_t width, const F& f) {
   at::parallel_for(0, rows, std::max<int64_t>(1, kParallelElements / std::max<int64_t>(width, 1)), f);
 }
 
+// A sum over rows that each thread keeps apart (rows split by parallel_rows): `threads` copies of `shape`, zeroed;
+// own<T>() is the calling thread's copy, total() their sum.
+struct PerThreadSum {
+  Tensor parts;
+  PerThreadSum(at::IntArrayRef shape, const at::TensorOptions& opt) {
+    std::vector<int64_t> sizes{at::get_num_threads()};
+    sizes.insert(sizes.end(), shape.begin(), shape.end());
+    parts = at::zeros(sizes, opt);
+  }
+  template <typename T>
+  T* own() const { return parts.data_ptr<T>() + at::get_thread_num() * parts.stride(0); }
+  Tensor total() const { return parts.sum(0); }
+};
+
 void check_cpu(const Tensor& x, const char* name) {
   TORCH_CHECK(x.device().is_cpu() && x.is_contiguous(), "rnnbench native: ", name, " must be a contiguous CPU tensor");
 }
@@ -716,10 +730,10 @@ RNNBENCH_INLINE T min_g_grad(T v, T s) {
 }
 
 template <typename T>
-RNNBENCH_INLINE void min_forward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre,
+RNNBENCH_INLINE void min_forward_rows(int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, int64_t kind, const T* pre,
                                       const T* hprev, const T* zero, T* hs, int64_t t) {
   const int64_t G = kind == MINGRU ? 2 * H : 3 * H;
-  for (int64_t r = r0; r < rows; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b;
     const T* __restrict p = pre + at * G;
     T* __restrict h = hs + at * H;
@@ -743,10 +757,10 @@ RNNBENCH_INLINE void min_forward_rows(int64_t T_, int64_t r0, int64_t rows, int6
 
 // d pre of step t from the carried gradient dh (updated in place to d h_{t-1}) and d h_t from the output.
 template <typename T>
-RNNBENCH_INLINE void min_backward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre,
+RNNBENCH_INLINE void min_backward_rows(int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, int64_t kind, const T* pre,
                                        const T* hprev, const T* zero, const T* dhs, T* dh, T* dpre, int64_t t) {
   const int64_t G = kind == MINGRU ? 2 * H : 3 * H;
-  for (int64_t r = r0; r < rows; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b;
     const T* __restrict p = pre + at * G;
     const T* __restrict dho = dhs + at * H;
@@ -778,9 +792,9 @@ RNNBENCH_INLINE void min_backward_rows(int64_t T_, int64_t r0, int64_t rows, int
 }
 
 template <typename T>
-RNNBENCH_INLINE void ind_forward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t activation,
+RNNBENCH_INLINE void ind_forward_rows(int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, int64_t activation,
                                       const T* xp, const T* u, const T* hprev, const T* zero, T* hs, int64_t t) {
-  for (int64_t r = r0; r < rows; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b;
     const T* __restrict x = xp + at * H;
     const T* __restrict w = u + k * H;
@@ -810,10 +824,10 @@ RNNBENCH_INLINE void ind_backward_row(int64_t H, const T* __restrict w, const T*
 }
 
 template <typename T>
-RNNBENCH_INLINE void ind_backward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t activation,
+RNNBENCH_INLINE void ind_backward_rows(int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, int64_t activation,
                                        const T* u, const T* hs, const T* hprev, const T* zero, const T* dhs,
                                        T* dh, T* dxp, T* du, int64_t t) {
-  for (int64_t r = r0; r < rows; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b;
     const T *w = u + k * H, *h = hs + at * H, *hp = hprev ? hprev + (k * T_ * B + b) * H : zero, *dho = dhs + at * H;
     T *d = dh + r * H, *dx = dxp + at * H, *acc = du + k * H;
@@ -822,19 +836,19 @@ RNNBENCH_INLINE void ind_backward_rows(int64_t T_, int64_t r0, int64_t rows, int
   }
 }
 
-#define P_MIN_FORWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre, \
+#define P_MIN_FORWARD(T) (int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, int64_t kind, const T* pre, \
                           const T* hprev, const T* zero, T* hs, int64_t t)
-#define A_MIN_FORWARD (T_, r0, rows, B, H, kind, pre, hprev, zero, hs, t)
-#define P_MIN_BACKWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t kind, const T* pre, \
+#define A_MIN_FORWARD (T_, r0, r1, B, H, kind, pre, hprev, zero, hs, t)
+#define P_MIN_BACKWARD(T) (int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, int64_t kind, const T* pre, \
                            const T* hprev, const T* zero, const T* dhs, T* dh, T* dpre, int64_t t)
-#define A_MIN_BACKWARD (T_, r0, rows, B, H, kind, pre, hprev, zero, dhs, dh, dpre, t)
-#define P_IND_FORWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t activation, const T* xp, \
+#define A_MIN_BACKWARD (T_, r0, r1, B, H, kind, pre, hprev, zero, dhs, dh, dpre, t)
+#define P_IND_FORWARD(T) (int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, int64_t activation, const T* xp, \
                           const T* u, const T* hprev, const T* zero, T* hs, int64_t t)
-#define A_IND_FORWARD (T_, r0, rows, B, H, activation, xp, u, hprev, zero, hs, t)
-#define P_IND_BACKWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t activation, const T* u, \
+#define A_IND_FORWARD (T_, r0, r1, B, H, activation, xp, u, hprev, zero, hs, t)
+#define P_IND_BACKWARD(T) (int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, int64_t activation, const T* u, \
                            const T* hs, const T* hprev, const T* zero, const T* dhs, T* dh, T* dxp, T* du, \
                            int64_t t)
-#define A_IND_BACKWARD (T_, r0, rows, B, H, activation, u, hs, hprev, zero, dhs, dh, dxp, du, t)
+#define A_IND_BACKWARD (T_, r0, r1, B, H, activation, u, hs, hprev, zero, dhs, dh, dxp, du, t)
 RNNBENCH_CLONED(min_forward_rows, P_MIN_FORWARD, A_MIN_FORWARD)
 RNNBENCH_CLONED(min_backward_rows, P_MIN_BACKWARD, A_MIN_BACKWARD)
 RNNBENCH_CLONED(ind_forward_rows, P_IND_FORWARD, A_IND_FORWARD)
@@ -908,13 +922,13 @@ std::vector<Tensor> indrnn_backward(const Tensor& dhs, const Tensor& hs, const T
   const int64_t K = hs.size(0), T = hs.size(1), B = hs.size(2), H = hs.size(3);
   Tensor dh_c = dhs.contiguous(), u_c = u.contiguous(), dxp = at::empty_like(hs);
   Tensor dh = at::zeros({K, B, H}, hs.options());
-  Tensor du = at::zeros({at::get_num_threads(), K, H}, hs.options());  // each thread's sum over its rows
+  PerThreadSum du({K, H}, hs.options());
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnnbench_indrnn_backward", [&] {
     std::vector<scalar_t> zero(H, scalar_t(0));
     const scalar_t *w = u_c.data_ptr<scalar_t>(), *h = hs.data_ptr<scalar_t>(), *dho = dh_c.data_ptr<scalar_t>();
     scalar_t *d = dh.data_ptr<scalar_t>(), *dx = dxp.data_ptr<scalar_t>();
     parallel_rows(K * B, T * H, [&](int64_t r0, int64_t r1) {
-      scalar_t* acc = du.data_ptr<scalar_t>() + at::get_thread_num() * K * H;
+      scalar_t* acc = du.own<scalar_t>();
       for (int64_t n = T - 1; n >= 0; --n) {
         const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
         ind_backward_rows_any(T, r0, r1, B, H, activation, w, h, n == 0 ? nullptr : h + prev * B * H, zero.data(),
@@ -922,7 +936,7 @@ std::vector<Tensor> indrnn_backward(const Tensor& dhs, const Tensor& hs, const T
       }
     });
   });
-  return {dxp, du.sum(0)};
+  return {dxp, du.total()};
 }
 
 // ---- sLSTM (xLSTM), one head --------------------------------------------------------------------------------------
@@ -949,10 +963,10 @@ RNNBENCH_INLINE void slstm_forward_row(int64_t H, const T* __restrict p, const T
 }
 
 template <typename T>
-RNNBENCH_INLINE void slstm_forward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, bool exp_forget,
+RNNBENCH_INLINE void slstm_forward_rows(int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, bool exp_forget,
                                         const T* pre, const T* cprev, const T* nprev, const T* zero, T* m, T* acts,
                                         T* cs, T* ns, T* hs, int64_t t) {
-  for (int64_t r = r0; r < rows; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b, back = (k * T_ * B + b) * H;
     const T *c0 = cprev ? cprev + back : zero, *n0 = nprev ? nprev + back : zero;
     if (exp_forget)
@@ -965,10 +979,10 @@ RNNBENCH_INLINE void slstm_forward_rows(int64_t T_, int64_t r0, int64_t rows, in
 }
 
 template <typename T>
-RNNBENCH_INLINE void slstm_backward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, const T* dhs,
+RNNBENCH_INLINE void slstm_backward_rows(int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, const T* dhs,
                                          const T* dz, const T* acts, const T* cs, const T* ns, const T* cprev,
                                          const T* nprev, const T* zero, T* dc, T* dn, T* dpre, int64_t t) {
-  for (int64_t r = r0; r < rows; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b, back = (k * T_ * B + b) * H;
     const T* __restrict dho = dhs + at * H;
     const T* __restrict dzr = dz + r * H;
@@ -994,14 +1008,14 @@ RNNBENCH_INLINE void slstm_backward_rows(int64_t T_, int64_t r0, int64_t rows, i
   }
 }
 
-#define P_SLSTM_FORWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, bool exp_forget, const T* pre, \
+#define P_SLSTM_FORWARD(T) (int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, bool exp_forget, const T* pre, \
                             const T* cprev, const T* nprev, const T* zero, T* m, T* acts, T* cs, T* ns, T* hs, \
                             int64_t t)
-#define A_SLSTM_FORWARD (T_, r0, rows, B, H, exp_forget, pre, cprev, nprev, zero, m, acts, cs, ns, hs, t)
-#define P_SLSTM_BACKWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, const T* dhs, const T* dz, \
+#define A_SLSTM_FORWARD (T_, r0, r1, B, H, exp_forget, pre, cprev, nprev, zero, m, acts, cs, ns, hs, t)
+#define P_SLSTM_BACKWARD(T) (int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, const T* dhs, const T* dz, \
                              const T* acts, const T* cs, const T* ns, const T* cprev, const T* nprev, \
                              const T* zero, T* dc, T* dn, T* dpre, int64_t t)
-#define A_SLSTM_BACKWARD (T_, r0, rows, B, H, dhs, dz, acts, cs, ns, cprev, nprev, zero, dc, dn, dpre, t)
+#define A_SLSTM_BACKWARD (T_, r0, r1, B, H, dhs, dz, acts, cs, ns, cprev, nprev, zero, dc, dn, dpre, t)
 RNNBENCH_CLONED(slstm_forward_rows, P_SLSTM_FORWARD, A_SLSTM_FORWARD)
 RNNBENCH_CLONED(slstm_backward_rows, P_SLSTM_BACKWARD, A_SLSTM_BACKWARD)
 
@@ -1062,10 +1076,10 @@ Tensor slstm_backward(const Tensor& dhs, const Tensor& cs, const Tensor& ns, con
 // ---- LRU: a diagonal complex linear recurrence, constant in time ------------------------------------------------
 // s_t = lambda s_{t-1} + b_t as real pairs; lambda (K, N) as (lr, li); b and s (K, T, B, N) each.
 template <typename T>
-RNNBENCH_INLINE void lru_forward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li,
+RNNBENCH_INLINE void lru_forward_rows(int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t N, const T* lr, const T* li,
                                       const T* b_re, const T* b_im, const T* prev_re, const T* prev_im,
                                       const T* zero, T* s_re, T* s_im, int64_t t) {
-  for (int64_t r = r0; r < rows; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const int64_t k = r / B, b = r % B, at = ((k * T_ + t) * B + b) * N, back = (k * T_ * B + b) * N;
     const T *__restrict wr = lr + k * N, *__restrict wi = li + k * N;
     const T *__restrict xr = b_re + at, *__restrict xi = b_im + at;
@@ -1081,11 +1095,11 @@ RNNBENCH_INLINE void lru_forward_rows(int64_t T_, int64_t r0, int64_t rows, int6
 
 // d b_t (= d s_t, the output gradient plus the carry) and the lambda gradient, summed.
 template <typename T>
-RNNBENCH_INLINE void lru_backward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li,
+RNNBENCH_INLINE void lru_backward_rows(int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t N, const T* lr, const T* li,
                                        const T* ds_re, const T* ds_im, const T* prev_re, const T* prev_im,
                                        const T* zero, T* carry_re, T* carry_im, T* db_re, T* db_im, T* dlr, T* dli,
                                        int64_t t) {
-  for (int64_t r = r0; r < rows; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const int64_t k = r / B, b = r % B, at = ((k * T_ + t) * B + b) * N, back = (k * T_ * B + b) * N;
     const T *__restrict wr = lr + k * N, *__restrict wi = li + k * N;
     const T *__restrict gr_out = ds_re + at, *__restrict gi_out = ds_im + at;
@@ -1105,14 +1119,14 @@ RNNBENCH_INLINE void lru_backward_rows(int64_t T_, int64_t r0, int64_t rows, int
   }
 }
 
-#define P_LRU_FORWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li, const T* b_re, \
+#define P_LRU_FORWARD(T) (int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t N, const T* lr, const T* li, const T* b_re, \
                           const T* b_im, const T* prev_re, const T* prev_im, const T* zero, T* s_re, T* s_im, \
                           int64_t t)
-#define A_LRU_FORWARD (T_, r0, rows, B, N, lr, li, b_re, b_im, prev_re, prev_im, zero, s_re, s_im, t)
-#define P_LRU_BACKWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t N, const T* lr, const T* li, \
+#define A_LRU_FORWARD (T_, r0, r1, B, N, lr, li, b_re, b_im, prev_re, prev_im, zero, s_re, s_im, t)
+#define P_LRU_BACKWARD(T) (int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t N, const T* lr, const T* li, \
                            const T* ds_re, const T* ds_im, const T* prev_re, const T* prev_im, const T* zero, \
                            T* carry_re, T* carry_im, T* db_re, T* db_im, T* dlr, T* dli, int64_t t)
-#define A_LRU_BACKWARD (T_, r0, rows, B, N, lr, li, ds_re, ds_im, prev_re, prev_im, zero, carry_re, carry_im, db_re, \
+#define A_LRU_BACKWARD (T_, r0, r1, B, N, lr, li, ds_re, ds_im, prev_re, prev_im, zero, carry_re, carry_im, db_re, \
                         db_im, dlr, dli, t)
 RNNBENCH_CLONED(lru_forward_rows, P_LRU_FORWARD, A_LRU_FORWARD)
 RNNBENCH_CLONED(lru_backward_rows, P_LRU_BACKWARD, A_LRU_BACKWARD)
@@ -1149,13 +1163,12 @@ std::vector<Tensor> lru_backward(const Tensor& ds_re, const Tensor& ds_im, const
   Tensor gr = ds_re.contiguous(), gi = ds_im.contiguous(), wr = lr.contiguous(), wi = li.contiguous();
   Tensor db_re = at::empty_like(s_re), db_im = at::empty_like(s_im);
   Tensor carry_re = at::zeros({K, B, N}, opt), carry_im = at::zeros({K, B, N}, opt);
-  const int64_t threads = at::get_num_threads();  // each thread's sums over its rows
-  Tensor dlr = at::zeros({threads, K, N}, opt), dli = at::zeros({threads, K, N}, opt);
+  PerThreadSum dlr({K, N}, opt), dli({K, N}, opt);
   AT_DISPATCH_FLOATING_TYPES(s_re.scalar_type(), "rnnbench_lru_backward", [&] {
     std::vector<scalar_t> zero(N, scalar_t(0));
     const scalar_t *sr = s_re.data_ptr<scalar_t>(), *si = s_im.data_ptr<scalar_t>();
     parallel_rows(K * B, T * N, [&](int64_t r0, int64_t r1) {
-      const int64_t own = at::get_thread_num() * K * N;
+      scalar_t *dlr_own = dlr.own<scalar_t>(), *dli_own = dli.own<scalar_t>();
       for (int64_t n = T - 1; n >= 0; --n) {
         const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
         const bool first = n == 0;
@@ -1163,21 +1176,21 @@ std::vector<Tensor> lru_backward(const Tensor& ds_re, const Tensor& ds_im, const
                               gr.data_ptr<scalar_t>(), gi.data_ptr<scalar_t>(), first ? nullptr : sr + prev * B * N,
                               first ? nullptr : si + prev * B * N, zero.data(), carry_re.data_ptr<scalar_t>(),
                               carry_im.data_ptr<scalar_t>(), db_re.data_ptr<scalar_t>(), db_im.data_ptr<scalar_t>(),
-                              dlr.data_ptr<scalar_t>() + own, dli.data_ptr<scalar_t>() + own, t);
+                              dlr_own, dli_own, t);
       }
     });
   });
-  return {db_re, db_im, dlr.sum(0), dli.sum(0)};
+  return {db_re, db_im, dlr.total(), dli.total()};
 }
 
 // ---- S6 (Mamba's selective SSM): s_t = exp(dt_t A) s_{t-1} + (dt_t u_t) B_t, y_t = s_t C_t -----------------------
 // Per channel h a state of N; u, dt (K, T, B, H); Bm, C (K, T, B, N); A as (K, N, H); the states (K, T, B, N, H),
 // saved. The element loops run over the H channels (N is small: 8 or 16), n outside.
 template <typename T>
-RNNBENCH_INLINE void s6_forward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t N,
+RNNBENCH_INLINE void s6_forward_rows(int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, int64_t N,
                                      const T* u, const T* dt, const T* A, const T* Bm, const T* C, const T* prev,
                                      const T* zero, T* ss, T* ys, int64_t t) {
-  for (int64_t r = r0; r < rows; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b, back = (k * T_ * B + b) * N * H;
     const T *__restrict ur = u + at * H, *__restrict d = dt + at * H;
     T* __restrict y = ys + at * H;
@@ -1199,11 +1212,11 @@ RNNBENCH_INLINE void s6_forward_rows(int64_t T_, int64_t r0, int64_t rows, int64
 
 // du and ddt hold the sums over n (of g B and of d(dt A) A) until the row's last n, then the gradients.
 template <typename T>
-RNNBENCH_INLINE void s6_backward_rows(int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t N,
+RNNBENCH_INLINE void s6_backward_rows(int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, int64_t N,
                                       const T* u, const T* dt, const T* A, const T* Bm, const T* C, const T* ss,
                                       const T* prev, const T* zero, const T* dys, T* dS, T* du, T* ddt, T* dB, T* dC,
                                       T* dA, int64_t t) {
-  for (int64_t r = r0; r < rows; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const int64_t k = r / B, b = r % B, at = (k * T_ + t) * B + b, back = (k * T_ * B + b) * N * H;
     const T *__restrict ur = u + at * H, *__restrict d = dt + at * H, *__restrict dy = dys + at * H;
     T *__restrict sum_gb = du + at * H, *__restrict sum_da = ddt + at * H;
@@ -1240,13 +1253,13 @@ RNNBENCH_INLINE void s6_backward_rows(int64_t T_, int64_t r0, int64_t rows, int6
   }
 }
 
-#define P_S6_FORWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t N, const T* u, const T* dt, \
+#define P_S6_FORWARD(T) (int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, int64_t N, const T* u, const T* dt, \
                          const T* A, const T* Bm, const T* C, const T* prev, const T* zero, T* ss, T* ys, int64_t t)
-#define A_S6_FORWARD (T_, r0, rows, B, H, N, u, dt, A, Bm, C, prev, zero, ss, ys, t)
-#define P_S6_BACKWARD(T) (int64_t T_, int64_t r0, int64_t rows, int64_t B, int64_t H, int64_t N, const T* u, const T* dt, \
+#define A_S6_FORWARD (T_, r0, r1, B, H, N, u, dt, A, Bm, C, prev, zero, ss, ys, t)
+#define P_S6_BACKWARD(T) (int64_t T_, int64_t r0, int64_t r1, int64_t B, int64_t H, int64_t N, const T* u, const T* dt, \
                           const T* A, const T* Bm, const T* C, const T* ss, const T* prev, const T* zero, \
                           const T* dys, T* dS, T* du, T* ddt, T* dB, T* dC, T* dA, int64_t t)
-#define A_S6_BACKWARD (T_, r0, rows, B, H, N, u, dt, A, Bm, C, ss, prev, zero, dys, dS, du, ddt, dB, dC, dA, t)
+#define A_S6_BACKWARD (T_, r0, r1, B, H, N, u, dt, A, Bm, C, ss, prev, zero, dys, dS, du, ddt, dB, dC, dA, t)
 RNNBENCH_CLONED(s6_forward_rows, P_S6_FORWARD, A_S6_FORWARD)
 RNNBENCH_CLONED(s6_backward_rows, P_S6_BACKWARD, A_S6_BACKWARD)
 
@@ -1278,13 +1291,13 @@ std::vector<Tensor> s6_backward(const Tensor& dys, const Tensor& u, const Tensor
   const int64_t K = u.size(0), T = u.size(1), B = u.size(2), H = u.size(3), N = A.size(2);
   Tensor dy = dys.contiguous(), du = at::empty_like(u), ddt = at::empty_like(u), dB = at::empty_like(Bm);
   Tensor dC = at::empty_like(C), dS = at::zeros({K, B, N, H}, u.options());
-  Tensor dA = at::zeros({at::get_num_threads(), K, N, H}, u.options());  // each thread's sum over its rows
+  PerThreadSum dA({K, N, H}, u.options());
   Tensor a_nh = A.transpose(1, 2).contiguous();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "rnnbench_s6_backward", [&] {
     std::vector<scalar_t> zero(H, scalar_t(0));
     const scalar_t* s = ss.data_ptr<scalar_t>();
     parallel_rows(K * B, T * N * H, [&](int64_t r0, int64_t r1) {
-      scalar_t* dA_own = dA.data_ptr<scalar_t>() + at::get_thread_num() * K * N * H;
+      scalar_t* dA_own = dA.own<scalar_t>();
       for (int64_t n = T - 1; n >= 0; --n) {
         const int64_t t = reverse ? T - 1 - n : n, prev = reverse ? t + 1 : t - 1;
         s6_backward_rows_any(T, r0, r1, B, H, N, u.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(),
@@ -1295,7 +1308,7 @@ std::vector<Tensor> s6_backward(const Tensor& dys, const Tensor& u, const Tensor
       }
     });
   });
-  return {du, ddt, dB, dC, dA.sum(0).transpose(1, 2).contiguous()};
+  return {du, ddt, dB, dC, dA.total().transpose(1, 2).contiguous()};
 }
 
 }  // namespace
