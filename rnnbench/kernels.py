@@ -144,7 +144,7 @@ class _ElmanScan(torch.autograd.Function):
             else:
                 _modrelu(pre, b, h)
         ctx.save_for_backward(hs, whh)
-        ctx.activation, ctx.reverse, ctx.modrelu = activation, reverse, b is not None
+        ctx.activation, ctx.reverse = activation, reverse
         return hs
 
     @staticmethod
@@ -153,7 +153,8 @@ class _ElmanScan(torch.autograd.Function):
         K, T, B, H = hs.shape
         dpre = torch.empty_like(hs)
         dh = hs.new_zeros(K, B, H)
-        live = (hs != 0).to(hs.dtype) if ctx.modrelu else None  # modReLU: dz = dh where h != 0, else 0
+        modrelu = ctx.activation == "modrelu"
+        live = (hs != 0).to(hs.dtype) if modrelu else None  # modReLU: dz = dh where h != 0, else 0
         dh_steps, h_steps, d_steps = _steps(dhs), _steps(hs), _steps(dpre)
         live_steps = None if live is None else _steps(live)
         for t in reversed(_order(T, ctx.reverse)[0]):
@@ -164,7 +165,7 @@ class _ElmanScan(torch.autograd.Function):
                 torch.mul(dh, live_steps[t], out=d_steps[t])
             dh = torch.bmm(d_steps[t], whh)
         # modReLU's bias: db = sum over steps and batch of dh * sign(h) = dz * sign(h)
-        dbias = (dpre * torch.sign(hs)).sum((1, 2)) if ctx.modrelu else None
+        dbias = (dpre * torch.sign(hs)).sum((1, 2)) if modrelu else None
         return dpre, _weight_grad(dpre, hs, ctx.reverse), dbias, None, None
 
 

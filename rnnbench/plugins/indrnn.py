@@ -188,8 +188,8 @@ class OrthogonalRNNCell(RecurrentCell):
         return h, h
 
     def stacked_sequence(self, params: dict[str, Tensor], x: Tensor, reverse: bool = False) -> Tensor:
-        L = params["parametrizations.weight_hh.original"].tril()
-        W = torch.matrix_exp(L - L.mT)  # (K, H, H), torch's matrix_exp parametrisation, once per sequence
+        # torch's own parametrisation (exp(tril(X) - tril(X)^T)), batched over the K models, once per sequence
+        W = self.parametrizations.weight_hh[0](params["parametrizations.weight_hh.original"])  # (K, H, H)
         if self.nonlinearity == "modrelu":
             xp = kernels.input_projection(x, params["weight_ih"])
             return kernels.elman(xp, W, "modrelu", reverse, bias=params["bias"])
