@@ -56,16 +56,20 @@ def _model(cfg: Any, spec: Any, cell_kwargs: Any, task: Any, seed: int, device: 
 
 
 def run_one(cfg: Any, seed: int, device: torch.device) -> None:
+    from rnnbench.graphs import graphs_wanted
     from rnnbench.population import SinglePopulation
     from rnnbench.tracking import NullTracker
     from rnnbench.train import Member, train
 
     spec, cell_kwargs, task = _setup(cfg)
-    model = _model(cfg, spec, cell_kwargs, task, seed, device)
-    train(cfg, SinglePopulation(model), task, [Member(seed, NullTracker())], device)
+    population = SinglePopulation(_model(cfg, spec, cell_kwargs, task, seed, device))
+    if graphs_wanted(cfg, device):  # as the runner does
+        population.capture_graphs()
+    train(cfg, population, task, [Member(seed, NullTracker())], device)
 
 
 def run_batched(cfg: Any, seeds: list[int], device: torch.device, path: str) -> None:
+    from rnnbench.graphs import graphs_wanted
     from rnnbench.population import StackedPopulation
     from rnnbench.tracking import NullTracker
     from rnnbench.train import Member, train
@@ -73,6 +77,8 @@ def run_batched(cfg: Any, seeds: list[int], device: torch.device, path: str) -> 
     spec, cell_kwargs, task = _setup(cfg)
     models = [_model(cfg, spec, cell_kwargs, task, s, device) for s in seeds]
     population = StackedPopulation(spec, cell_kwargs, task, models, cfg.model.hidden_size, path=path)
+    if graphs_wanted(cfg, device):
+        population.capture_graphs()
     train(cfg, population, task, [Member(s, NullTracker()) for s in seeds], device)
 
 
@@ -127,7 +133,8 @@ def main() -> None:
     med = {name: statistics.median(v) for name, v in times.items()}
     K = args.seeds
     print(f"{args.cell} on {args.task} T={args.length}, hidden {args.hidden}, batch {args.batch}, "
-          f"{args.threads} thread(s), {device}, {args.steps} steps x {args.repeats} rounds (median ms per step)")
+          f"{args.threads} thread(s), {device}, {args.steps} steps x {args.repeats} rounds (median ms per step)"
+          + "".join(f", {o}" for o in args.overrides))
     print(f"  1 seed             {1e3 * med['one']:8.2f} ms")
     print(f"  {K} seeds batched    {1e3 * med['batched']:8.2f} ms  = {med['batched'] / med['one']:.2f} x one seed, "
           f"{1e3 * med['batched'] / K:.2f} ms per seed-step")

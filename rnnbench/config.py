@@ -70,6 +70,9 @@ class TrainerConfig:
     resume: bool = True
     """Resume an interrupted run with the same config from its checkpoint; skip one that already finished."""
     deterministic: bool = False
+    cuda_graphs: bool = True
+    """On a GPU, replay each training step's forward and backward as CUDA graphs (cells without torch's fused
+    module; not with model.dropout > 0); false runs them eagerly."""
     threads: Optional[int] = None
     """torch threads; null: the CPUs this process was given divided by the jobs running side by side."""
     progress: str = "auto"

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from rnnbench.batched import KernelModel, Params, VmapModel
 from rnnbench.base import Task
+from rnnbench.graphs import CudaGraphs
 from rnnbench.layers import FusedEncoder
 from rnnbench.model import SequenceModel, loop_named_parameters
 from rnnbench.registry import CellSpec
@@ -39,9 +40,15 @@ class Population:
     size: int
     path: str
     names: list[str]
+    graphs: CudaGraphs | None = None
+    """The training forward's CUDA graphs, once :meth:`capture_graphs` turned them on."""
 
     def parameters(self) -> list[Tensor]:
         raise NotImplementedError
+
+    def capture_graphs(self) -> None:
+        """Run training forwards (and their backward) through CUDA graphs from now on (:mod:`rnnbench.graphs`);
+        for populations on a CUDA device whose forward launches many small kernels (not torch's fused module)."""
 
     def forward(self, xs: list[Tensor], members: list[int]) -> list[Tensor]:
         """Outputs of ``members`` on their inputs ``xs`` (one (B, T, I) tensor each)."""
@@ -116,7 +123,13 @@ class SinglePopulation(Population):
     def parameters(self) -> list[Tensor]:
         return self._params
 
+    def capture_graphs(self) -> None:
+        if self.path != "fused":
+            self.graphs = CudaGraphs(lambda x, *params: self.model(x))
+
     def forward(self, xs: list[Tensor], members: list[int]) -> list[Tensor]:
+        if self.graphs is not None:
+            return [self.graphs(xs[0], *self._params)]
         return [self.model(xs[0])]
 
     def clip_(self, clip: float | None, mode: str) -> Tensor:
@@ -160,6 +173,10 @@ class StackedPopulation(Population):
     def parameters(self) -> list[Tensor]:
         return list(self.params.values())
 
+    def capture_graphs(self) -> None:
+        names = list(self.params)
+        self.graphs = CudaGraphs(lambda x, *params: self.compute(dict(zip(names, params)), x))
+
     def forward(self, xs: list[Tensor], members: list[int]) -> list[Tensor]:
         """One batched forward per distinct input shape (variable-length tasks), the whole stack without
         gathering when every member runs on one shape."""
@@ -174,7 +191,8 @@ class StackedPopulation(Population):
             else:
                 index = torch.tensor(idx, device=xs[0].device)
                 sub = {n: p.index_select(0, index) for n, p in self.params.items()}
-            out = self.compute(sub, torch.stack([xs[j] for j in rows]))
+            x = torch.stack([xs[j] for j in rows])
+            out = self.graphs(x, *sub.values()) if self.graphs is not None else self.compute(sub, x)
             for pos, j in enumerate(rows):
                 outputs[j] = out[pos]
         return outputs  # type: ignore[return-value]

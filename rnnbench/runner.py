@@ -34,6 +34,7 @@ from rnnbench.allocator import retain_freed_memory
 from rnnbench.config import constructor_kwargs, validate
 from rnnbench.diagnostics import Diagnostics
 from rnnbench.errors import PluginError, RnnbenchError
+from rnnbench.graphs import graphs_wanted
 from rnnbench.lengths import Lengths
 from rnnbench.lengths import check as check_lengths
 from rnnbench.manager import get_registry, rnnbench_version
@@ -356,6 +357,8 @@ def _train_group(cfg: Any, plans: list[Plan], seeded_model: Callable[[int], torc
     else:
         population = StackedPopulation(cell_spec, cell_kwargs, task, models, hidden, **model_kwargs)
         path = f"seed_parallel:{population.path}"
+    if graphs_wanted(cfg, device):
+        population.capture_graphs()
     members: list[Member] = []
     try:
         for index, plan in enumerate(plans):

@@ -213,7 +213,7 @@ def _framework_table() -> list[Case]:
     add("trainer.solved_threshold", [*FLOAT, "0", "1.5"])
     add("trainer.baseline_z", [*FLOAT, "-1"])
     add("trainer.baseline_margin", [*FLOAT, "1.0", "-0.1"])
-    for key in ("early_stop", "resume", "deterministic"):
+    for key in ("early_stop", "resume", "deterministic", "cuda_graphs"):
         add(f"trainer.{key}", BOOL)
     add("trainer.checkpoint_dir", ["''", "/proc/forbidden", "/dev/null"])
     add("tracking.backend", CHOICE)

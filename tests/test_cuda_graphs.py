@@ -1,0 +1,132 @@
+"""Training steps replayed as CUDA graphs (rnnbench.graphs) compute what the eager steps compute.
+
+The CUDA tests run only where torch sees a GPU (``benchmarks/gpu_check.sh`` runs them on one); the rest run
+everywhere."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+
+import pytest
+import torch
+
+from rnnbench.graphs import CudaGraphs, graphs_wanted
+from rnnbench.population import SinglePopulation, StackedPopulation
+from rnnbench.tracking import NullTracker
+from rnnbench.train import Member, train
+from test_seed_parallel import SEEDS, build_seed_models, setup, values
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts: deterministic matmuls
+CUDA = torch.device("cuda")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+STEPS = ("trainer.steps=24", "trainer.eval_every=8", "trainer.log_every=1", "trainer.device=cuda",
+         "trainer.deterministic=true")
+
+
+def test_off_cuda_the_function_runs_as_it_is(registry):
+    model = build_seed_models(registry.cell("gru"), {}, registry.task("adding").task(dependency_length=5), [0], 8,
+                              fused=False)[0]
+    graphs = CudaGraphs(lambda x, *params: model(x))
+    x = torch.randn(4, 6, 2)
+    assert torch.equal(graphs(x, *model.parameters()), model(x))
+    assert graphs.graphs == {} and graphs.failed is None
+
+
+def test_graphs_are_wanted_on_cuda_only_and_never_with_dropout(compose):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert graphs_wanted(compose("task=adding", "cell=gru"), cuda)
+    assert not graphs_wanted(compose("task=adding", "cell=gru"), cpu)
+    assert not graphs_wanted(compose("task=adding", "cell=gru", "trainer.cuda_graphs=false"), cuda)
+    assert not graphs_wanted(compose("task=adding", "cell=gru", "model.num_layers=2", "model.dropout=0.1"), cuda)
+
+
+def trained(cfg, task, population, seeds):
+    trackers = [NullTracker() for _ in seeds]
+    results = train(cfg, population, task, [Member(s, t) for s, t in zip(seeds, trackers)], CUDA)
+    return results, trackers
+
+
+def assert_identical(a, b):
+    """Every logged value and every final metric equal bit for bit (the message gives the largest relative
+    difference, to tell rounding from a wrong gradient)."""
+    (a_res, a_tr), (b_res, b_tr) = a, b
+    for ra, rb, ta, tb in zip(a_res, b_res, a_tr, b_tr):
+        assert set(ta.metrics) == set(tb.metrics)
+        for key in ta.metrics:
+            if not key.startswith("time/"):
+                va, vb = values(ta, key), values(tb, key)
+                worst = max((abs(x - y) / max(abs(y), 1e-30) for (_, x), (_, y) in zip(va, vb)), default=0.0)
+                assert va == vb, f"{key}: largest relative difference {worst:.3g}"
+        assert (ra.outcome, ra.step) == (rb.outcome, rb.step)
+        assert {k: v for k, v in ra.metrics.items() if not k.startswith("time/")} == {
+            k: v for k, v in rb.metrics.items() if not k.startswith("time/")}
+
+
+@needs_cuda
+@pytest.mark.parametrize(("cell", "seeds", "overrides"), [
+    ("peephole_lstm", 1, ()),
+    ("slstm", 1, ()),
+    ("mingru", 1, ()),
+    ("gru_cho2014", 1, ("model.num_layers=2", "model.bidirectional=true", "task=copy", "task.dependency_length=5")),
+    ("peephole_lstm", 3, ()),
+    ("s6", 3, ()),
+    ("gru", 3, ("task.variant=pascanu2013", "task.dependency_length=20")),  # lengths vary: several graphs
+])
+def test_graphed_training_is_the_eager_training(compose, registry, cell, seeds, overrides):
+    cfg, spec, cell_kwargs, task, model_kwargs = setup(compose, registry, f"cell={cell}", "model.fused=false",
+                                                       *STEPS, *overrides)
+    torch.use_deterministic_algorithms(True)
+    try:
+        models = [m.to(CUDA) for m in build_seed_models(spec, cell_kwargs, task, SEEDS[:seeds], cfg.model.hidden_size,
+                                                        fused=False, **model_kwargs)]
+        runs, populations = [], []
+        for graphed in (False, True):
+            ms = copy.deepcopy(models)
+            population = (SinglePopulation(ms[0]) if seeds == 1 else
+                          StackedPopulation(spec, cell_kwargs, task, ms, cfg.model.hidden_size, **model_kwargs))
+            if graphed:
+                population.capture_graphs()
+            runs.append(trained(cfg, task, population, SEEDS[:seeds]))
+            populations.append(population)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    graphs = populations[1].graphs
+    assert graphs is not None and graphs.failed is None and graphs.graphs
+    assert_identical(runs[0], runs[1])
+
+
+@needs_cuda
+def test_a_model_that_cannot_be_captured_says_so_once_and_trains_eagerly(compose, registry, caplog):
+    cfg, spec, cell_kwargs, task, model_kwargs = setup(compose, registry, "cell=orthogonal_rnn", *STEPS)
+    model = build_seed_models(spec, cell_kwargs, task, SEEDS[:1], cfg.model.hidden_size, fused=False)[0].to(CUDA)
+    torch.use_deterministic_algorithms(True)
+    try:
+        eager = trained(cfg, task, SinglePopulation(copy.deepcopy(model)), SEEDS[:1])
+        population = SinglePopulation(copy.deepcopy(model))
+        population.capture_graphs()
+        with caplog.at_level(logging.WARNING, logger="rnnbench"):
+            graphed = trained(cfg, task, population, SEEDS[:1])
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert population.graphs is not None and population.graphs.failed
+    warnings = [r.getMessage() for r in caplog.records if "CUDA graph" in r.getMessage()]
+    assert len(warnings) == 1 and "runs eagerly" in warnings[0]
+    assert_identical(eager, graphed)
+
+
+@needs_cuda
+@pytest.mark.slow
+def test_the_runner_captures_on_cuda(compose, tmp_path, caplog):
+    from rnnbench.runner import run_job
+
+    base = ("task=adding", "cell=peephole_lstm", "tracking=none", "trainer.progress=none", "trainer.steps=20",
+            "trainer.eval_every=10", "task.dependency_length=10", "trainer.device=cuda", "diagnostics=off")
+    with caplog.at_level(logging.INFO, logger="rnnbench"):
+        run_job(compose(*base), tmp_path / "a", tmp_path / "a")
+    assert any("captured the training step" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rnnbench"):
+        run_job(compose(*base, "trainer.cuda_graphs=false"), tmp_path / "b", tmp_path / "b")
+    assert not any("CUDA graph" in r.getMessage() for r in caplog.records)
