@@ -33,6 +33,9 @@ class CudaGraphs:
     computes gradients with respect to those alone. Leaf tensors that need a gradient (parameters updated in
     place) are the graph's own inputs; every other input is copied into a placeholder before each replay."""
 
+    device_type = "cuda"
+    """Inputs on other devices run eagerly."""
+
     def __init__(self, fn: Callable[..., Tensor], limit: int = 4) -> None:
         self.fn, self.limit = fn, limit
         self.graphs: dict[Signature, Callable[..., Tensor]] = {}
@@ -40,7 +43,7 @@ class CudaGraphs:
         """Why capture failed (then every call runs eagerly), or None."""
 
     def __call__(self, *inputs: Tensor) -> Tensor:
-        if self.failed is not None or not torch.is_grad_enabled() or inputs[0].device.type != "cuda":
+        if self.failed is not None or not torch.is_grad_enabled() or inputs[0].device.type != self.device_type:
             return self.fn(*inputs)
         key: Signature = tuple((tuple(t.shape), t.dtype, t.requires_grad) for t in inputs)
         graphed = self.graphs.get(key)
@@ -53,7 +56,8 @@ class CudaGraphs:
                 graphed = torch.cuda.make_graphed_callables(self.fn, samples, allow_unused_input=True)
             except Exception as error:  # noqa: BLE001 - any operation capture refuses: run eagerly instead
                 self.failed = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                torch.cuda.synchronize()
+                if inputs[0].is_cuda:
+                    torch.cuda.synchronize()
                 log.warning("this model's training step cannot be captured in a CUDA graph (%s); it runs eagerly",
                             self.failed)
                 return self.fn(*inputs)

@@ -25,7 +25,7 @@ VOLATILE: tuple[str, ...] = (
 
 GROUP_VOLATILE: tuple[str, ...] = VOLATILE + ("seed",)
 
-UNSET: dict[str, str] = {"task.train_length": "null", "task.test_lengths": "[]", "trainer.cuda_graphs": "true"}
+UNSET: dict[str, str] = {"task.train_length": "null", "task.test_lengths": "[]", "trainer.cuda_graphs": "True"}
 """Settings added after runs were recorded, left out of every key (and of a group's settings) while they hold
 these values (as :func:`flatten` writes them): off, they change nothing, and the runs recorded before they
 existed keep their keys."""
