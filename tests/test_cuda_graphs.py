@@ -125,6 +125,15 @@ def test_off_cuda_the_function_runs_as_it_is(registry):
     assert graphs.graphs == {} and graphs.failed is None
 
 
+def test_torchs_fused_module_is_never_captured(registry):
+    task = registry.task("adding").task(dependency_length=5)
+    fused = SinglePopulation(build_seed_models(registry.cell("lstm"), {}, task, [0], 8, fused=True)[0])
+    loop = SinglePopulation(build_seed_models(registry.cell("lstm"), {}, task, [0], 8, fused=False)[0])
+    fused.capture_graphs()
+    loop.capture_graphs()
+    assert (fused.path, fused.graphs) == ("fused", None) and loop.graphs is not None
+
+
 def test_graphs_are_wanted_on_cuda_only_and_never_with_dropout(compose):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert graphs_wanted(compose("task=adding", "cell=gru"), cuda)
