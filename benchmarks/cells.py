@@ -448,6 +448,7 @@ def before_after(configs: list[dict]) -> tuple[list[str], list[list]]:
     keys = [(c["hidden"], c["length"]) for c in configs]
     ratio: dict[tuple[str, str, int, int], float] = {}
     failed: set[tuple[str, str, int, int]] = set()
+    trained_path: dict[tuple[str, int, int], str] = {}
     cells: list[str] = []
     for c in configs:
         for r in c["rows"]:
@@ -460,6 +461,7 @@ def before_after(configs: list[dict]) -> tuple[list[str], list[list]]:
             ratio[(r["cell"], r["path"], c["hidden"], c["length"])] = r["paired_ratio_vs_lstm"]
             if r.get("trained"):
                 ratio[(r["cell"], "trained", c["hidden"], c["length"])] = r["paired_ratio_vs_lstm"]
+                trained_path[(r["cell"], c["hidden"], c["length"])] = r["path"]
     rows = []
     for cell in cells:
         row: list = [cell]
@@ -471,10 +473,10 @@ def before_after(configs: list[dict]) -> tuple[list[str], list[list]]:
             middle = "" if python is None else f"{python:.2f} -> "
             if after is None:
                 row.append("-")
-            elif (cell, "step", h, t) in failed:  # skipped or failed: no before
-                row.append(f"- -> {middle}{after:.2f}{flag}")
-            elif before is None:  # no whole-sequence path here: the step loop is what trains
+            elif trained_path.get((cell, h, t)) == "step":  # no whole-sequence path here: the step loop trains
                 row.append(f"{after:.2f} (step loop){flag}")
+            elif before is None:  # skipped, failed or not among --paths: no before
+                row.append(f"- -> {middle}{after:.2f}{flag}")
             else:
                 row.append(f"{before:.2f} -> {middle}{after:.2f}{flag}")
         rows.append(row)
