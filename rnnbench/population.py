@@ -34,6 +34,21 @@ from rnnbench.model import SequenceModel, loop_named_parameters
 from rnnbench.registry import CellSpec
 
 
+def own_gradients(params: list[Tensor]) -> None:
+    """Give every parameter's gradient storage of its own. Autograd can hand two parameters views of one tensor
+    (two biases added inside a kernel, each reached through a view such as ``unsqueeze``; the aliases that a
+    CUDA-graphed step returns), and an in-place clip would then scale that memory once per parameter."""
+    seen: set[int] = set()
+    for p in params:
+        if p.grad is None:
+            continue
+        storage = p.grad.untyped_storage().data_ptr()
+        if storage in seen:
+            p.grad = p.grad.clone()
+        else:
+            seen.add(storage)
+
+
 class Population:
     """The interface the training loop uses; see the module docstring."""
 
@@ -55,8 +70,9 @@ class Population:
         raise NotImplementedError
 
     def clip_(self, clip: float | None, mode: str) -> Tensor:
-        """Clip every member's gradient on its own (global L2 ``norm``, or per-element ``value``); returns the
-        (K,) gradient norms before clipping."""
+        """Clip every member's gradient on its own (global L2 ``norm``, or per-element ``value``), each
+        parameter's gradient once (:func:`own_gradients` first); returns the (K,) gradient norms before
+        clipping."""
         raise NotImplementedError
 
     def train(self, mode: bool) -> None:
@@ -133,6 +149,7 @@ class SinglePopulation(Population):
         return [self.model(xs[0])]
 
     def clip_(self, clip: float | None, mode: str) -> Tensor:
+        own_gradients(self._params)
         params = [p for p in self._params if p.grad is not None]
         if clip is not None and mode == "norm":
             return torch.nn.utils.clip_grad_norm_(params, clip).reshape(1)
@@ -199,6 +216,7 @@ class StackedPopulation(Population):
 
     def clip_(self, clip: float | None, mode: str) -> Tensor:
         K = self.size
+        own_gradients(self.parameters())
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params.values()]
         norm = torch.stack([g.reshape(K, -1).square().sum(dim=1) for g in grads]).sum(dim=0).sqrt()
         if clip is not None:
