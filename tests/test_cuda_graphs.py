@@ -66,6 +66,42 @@ def emulated(monkeypatch):
     yield captures
 
 
+def trained(cfg, task, population, seeds, device=CUDA):
+    trackers = [NullTracker() for _ in seeds]
+    results = train(cfg, population, task, [Member(s, t) for s, t in zip(seeds, trackers)], device)
+    return results, trackers
+
+
+def eager_and_graphed(cfg, spec, cell_kwargs, task, model_kwargs, models, device):
+    """The training loop on copies of ``models`` (one: a single run; more: stacked seeds), eagerly and with
+    ``capture_graphs``: both runs' (results, trackers), and the graphed population."""
+    seeds, runs = SEEDS[:len(models)], []
+    for graphed in (False, True):
+        ms = copy.deepcopy(models)
+        population = (SinglePopulation(ms[0]) if len(ms) == 1 else
+                      StackedPopulation(spec, cell_kwargs, task, ms, cfg.model.hidden_size, **model_kwargs))
+        if graphed:
+            population.capture_graphs()
+        runs.append(trained(cfg, task, population, seeds, device))
+    return runs, population
+
+
+def assert_identical(a, b):
+    """Every logged value and every final metric equal bit for bit (the message gives the largest relative
+    difference, to tell rounding from a wrong gradient)."""
+    (a_res, a_tr), (b_res, b_tr) = a, b
+    for ra, rb, ta, tb in zip(a_res, b_res, a_tr, b_tr):
+        assert set(ta.metrics) == set(tb.metrics)
+        for key in ta.metrics:
+            if not key.startswith("time/"):
+                va, vb = values(ta, key), values(tb, key)
+                worst = max((abs(x - y) / max(abs(y), 1e-30) for (_, x), (_, y) in zip(va, vb)), default=0.0)
+                assert va == vb, f"{key}: largest relative difference {worst:.3g}"
+        assert (ra.outcome, ra.step) == (rb.outcome, rb.step)
+        assert {k: v for k, v in ra.metrics.items() if not k.startswith("time/")} == {
+            k: v for k, v in rb.metrics.items() if not k.startswith("time/")}
+
+
 @pytest.mark.parametrize(("cell", "seeds", "overrides"), [
     ("peephole_lstm", 1, ()),
     ("peephole_lstm", 3, ()),
@@ -75,20 +111,11 @@ def test_the_capture_wiring_trains_as_eager_steps_do(compose, registry, emulated
     """What CudaGraphs adds around a capture (placeholders for the batch and for gathered members, parameters as
     the graph's own inputs, the shape limit) changes no number: bit for bit on the CPU with an emulated capture."""
     cfg, spec, cell_kwargs, task, model_kwargs = setup(compose, registry, f"cell={cell}", "model.fused=false",
-                                                       "trainer.steps=24", "trainer.eval_every=8", "trainer.grad_clip=0.05",
-                                                       *overrides)
+                                                       "trainer.steps=24", "trainer.eval_every=8",
+                                                       "trainer.grad_clip=0.05", *overrides)
     models = build_seed_models(spec, cell_kwargs, task, SEEDS[:seeds], cfg.model.hidden_size, fused=False,
                                **model_kwargs)
-    runs = []
-    for graphed in (False, True):
-        ms = copy.deepcopy(models)
-        population = (SinglePopulation(ms[0]) if seeds == 1 else
-                      StackedPopulation(spec, cell_kwargs, task, ms, cfg.model.hidden_size, **model_kwargs))
-        if graphed:
-            population.capture_graphs()
-        trackers = [NullTracker() for _ in SEEDS[:seeds]]
-        runs.append((train(cfg, population, task, [Member(s, t) for s, t in zip(SEEDS[:seeds], trackers)],
-                           torch.device("cpu")), trackers))
+    runs, population = eager_and_graphed(cfg, spec, cell_kwargs, task, model_kwargs, models, torch.device("cpu"))
     assert_identical(runs[0], runs[1])
     graphs = population.graphs
     assert graphs is not None and graphs.failed is None
@@ -144,28 +171,6 @@ def test_graphs_are_wanted_on_cuda_only_and_never_with_dropout(compose):
     assert not graphs_wanted(compose("task=adding", "cell=gru", "model.num_layers=2", "model.dropout=0.1"), cuda)
 
 
-def trained(cfg, task, population, seeds):
-    trackers = [NullTracker() for _ in seeds]
-    results = train(cfg, population, task, [Member(s, t) for s, t in zip(seeds, trackers)], CUDA)
-    return results, trackers
-
-
-def assert_identical(a, b):
-    """Every logged value and every final metric equal bit for bit (the message gives the largest relative
-    difference, to tell rounding from a wrong gradient)."""
-    (a_res, a_tr), (b_res, b_tr) = a, b
-    for ra, rb, ta, tb in zip(a_res, b_res, a_tr, b_tr):
-        assert set(ta.metrics) == set(tb.metrics)
-        for key in ta.metrics:
-            if not key.startswith("time/"):
-                va, vb = values(ta, key), values(tb, key)
-                worst = max((abs(x - y) / max(abs(y), 1e-30) for (_, x), (_, y) in zip(va, vb)), default=0.0)
-                assert va == vb, f"{key}: largest relative difference {worst:.3g}"
-        assert (ra.outcome, ra.step) == (rb.outcome, rb.step)
-        assert {k: v for k, v in ra.metrics.items() if not k.startswith("time/")} == {
-            k: v for k, v in rb.metrics.items() if not k.startswith("time/")}
-
-
 @needs_cuda
 @pytest.mark.parametrize(("cell", "seeds", "overrides"), [
     ("peephole_lstm", 1, ()),
@@ -183,18 +188,10 @@ def test_graphed_training_is_the_eager_training(compose, registry, cell, seeds, 
     try:
         models = [m.to(CUDA) for m in build_seed_models(spec, cell_kwargs, task, SEEDS[:seeds], cfg.model.hidden_size,
                                                         fused=False, **model_kwargs)]
-        runs, populations = [], []
-        for graphed in (False, True):
-            ms = copy.deepcopy(models)
-            population = (SinglePopulation(ms[0]) if seeds == 1 else
-                          StackedPopulation(spec, cell_kwargs, task, ms, cfg.model.hidden_size, **model_kwargs))
-            if graphed:
-                population.capture_graphs()
-            runs.append(trained(cfg, task, population, SEEDS[:seeds]))
-            populations.append(population)
+        runs, population = eager_and_graphed(cfg, spec, cell_kwargs, task, model_kwargs, models, CUDA)
     finally:
         torch.use_deterministic_algorithms(False)
-    graphs = populations[1].graphs
+    graphs = population.graphs
     assert graphs is not None and graphs.failed is None and graphs.graphs
     assert_identical(runs[0], runs[1])
 
